@@ -1,0 +1,1 @@
+"""adt monitor and command line: supervisor, headless runner, Textual app."""

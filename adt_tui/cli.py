@@ -1,0 +1,121 @@
+"""The `adt` command: parse arguments, validate the config once, hand off to the right mode."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.config import DEFAULT_DATA, ConfigError, RunConfig, build_config
+
+EXIT_BAD_INPUT = 2
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags for every RunConfig field (None = not given, so TOML or the default stands)."""
+    p.add_argument("--config", help="TOML file with run settings (flags win)")
+    p.add_argument("--data", help=f"data directory with train/ and val/ shard folders (default {DEFAULT_DATA})")
+    p.add_argument("--train-url", help="train shard URL, e.g. file:data/x/train/train-{000000..000003}.tar")
+    p.add_argument("--val-url", help="validation shard URL")
+    p.add_argument("--model", help="cnn (small, fast) or resnet18 (64x64 stem)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", help="sgd or adamw")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--workers", type=int, help="worker processes; 0 trains in one process, no RPC")
+    p.add_argument("--staleness-policy", help="none or lr/staleness")
+    p.add_argument("--max-staleness", type=int, help="drop pushes staler than this (0: no bound)")
+    p.add_argument("--transfer-dtype", help="fp32 or bf16 for parameter/gradient traffic")
+    p.add_argument("--loader-workers", type=int, help="DataLoader processes per worker (0: inline)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--eval-every", type=int, help="validate every K updates (0: once per epoch)")
+    p.add_argument("--stop-on-divergence", action="store_true", default=None)
+    p.add_argument("--worker-timeout", type=float)
+    p.add_argument("--host", help="RPC address (default 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, help="RPC port (default: a free one)")
+    p.add_argument("--grace-period", type=float, help="seconds to wait before killing on stop")
+    p.add_argument("--log-interval", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--runs-dir")
+    p.add_argument("--checkpoints-dir")
+    p.add_argument("--run-id", help="name for a new run (default: time-based)")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    p.add_argument("--force", action="store_true", default=None,
+                   help="resume even if data fingerprint or model shape differ")
+
+
+_NOT_CONFIG = {"config", "command", "no_ui", "func", "watch", "restart_on_change"}
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    return build_config(args.config, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if args.no_ui:
+        from .headless import run_headless
+
+        return run_headless(config)
+    from .app import run_monitor
+
+    return run_monitor(config, watch=args.watch, restart_on_change=args.restart_on_change)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from engine.synth import write_synthetic
+
+    out = write_synthetic(args.out, num_classes=args.classes, image_size=args.size,
+                          train_samples=args.train, val_samples=args.val,
+                          train_shards=args.train_shards, val_shards=args.val_shards, seed=args.seed)
+    print(f"wrote {out.resolve()}/train and /val")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adt", description="Asynchronous distributed training you can see and trust.")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="train (opens the monitor; --no-ui for headless)")
+    _run_flags(run)
+    run.add_argument("--no-ui", action="store_true", help="run headless: plain progress on stdout")
+    run.add_argument("--watch", action="append", default=[], metavar="PATH",
+                     help="also watch PATH for source changes (monitor)")
+    run.add_argument("--restart-on-change", action="store_true",
+                     help="restart the job by itself when watched source changes")
+    run.set_defaults(func=cmd_run)
+
+    data = sub.add_parser("data", help="make data sets").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write the built-in synthetic data set")
+    synth.add_argument("--out", default=DEFAULT_DATA)
+    synth.add_argument("--classes", type=int, default=10)
+    synth.add_argument("--size", type=int, default=32)
+    synth.add_argument("--train", type=int, default=6000)
+    synth.add_argument("--val", type=int, default=1000)
+    synth.add_argument("--train-shards", type=int, default=8)
+    synth.add_argument("--val-shards", type=int, default=2)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_data_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]  # plain `adt` opens the monitor on the built-in data
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"adt: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The one supervisor: starts a job's processes, watches them, stops them. Used by the monitor
+and by `adt run --no-ui` alike.
+
+Each child runs in its own session (so a terminal's Ctrl+C reaches only us, and we can signal a
+child's whole tree); its stdout/stderr go to `runs/<id>/logs/<name>.log`. Stopping follows
+torchrun's discipline: snapshot the trees, SIGTERM, wait the grace period, SIGKILL what is left.
+The job is described by `runs/<id>/pids.json`, so `adt watch` can re-attach after a monitor dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from engine.config import RunConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str  # "ps", "worker0", ..., or "single"
+    role: str
+    worker: int | None
+    popen: subprocess.Popen | None
+    log_path: Path
+    pid: int = 0
+    exit_code: int | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def running(self) -> bool:
+        return self.exit_code is None
+
+
+class Supervisor:
+    """Start, watch and stop one job: a PS and N workers, or one single process (--workers 0)."""
+
+    def __init__(self, config: RunConfig, python: str = sys.executable) -> None:
+        self.config = config
+        self.python = python
+        self.children: list[Child] = []
+        self.run_id = config.run_id or new_run_id()
+        config.run_id = self.run_id
+        self.run_dir = Path(config.runs_dir).resolve() / self.run_id
+        self.stopping = False
+
+    # --- starting -------------------------------------------------------------------------
+    def start(self) -> Path:
+        """Write the run dir and config, then start every process; returns the run dir."""
+        cfg = self.config
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        port = cfg.port or free_port(cfg.host)
+        world = cfg.workers + 1
+        self.children = []
+        if cfg.workers == 0:
+            self._spawn("single", "single", None, {"RANK": "0", "WORLD_SIZE": "1"}, port)
+        else:
+            self._spawn("ps", "ps", None, {"RANK": "0", "WORLD_SIZE": str(world)}, port)
+            for w in range(cfg.workers):
+                self._spawn(f"worker{w}", "worker", w, {"RANK": str(w + 1), "WORLD_SIZE": str(world)}, port)
+        self._write_pids()
+        return self.run_dir
+
+    def _spawn(self, name: str, role: str, worker: int | None, env_extra: dict[str, str], port: int) -> None:
+        env = dict(os.environ)
+        env.update(env_extra)
+        env.update({
+            "MASTER_ADDR": self.config.host,
+            "MASTER_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+            # PyTorch would otherwise use every core in every process; N processes share them.
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),
+        })
+        if is_loopback(self.config.host):
+            env.setdefault("TP_SOCKET_IFNAME", "lo")
+            env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        log_path = self.run_dir / "logs" / f"{name}.log"
+        log = open(log_path, "ab")
+        cmd = [self.python, "-m", "engine.node", "--role", role, "--run-dir", str(self.run_dir)]
+        popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=env, cwd=os.getcwd(), start_new_session=True)
+        log.close()
+        self.children.append(Child(name, role, worker, popen, log_path, popen.pid))
+
+    def _write_pids(self) -> None:
+        pids = {c.name: c.pid for c in self.children}
+        info = {"supervisor": os.getpid(), "host": socket.gethostname(), "children": pids}
+        tmp = self.run_dir / "pids.json.tmp"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, self.run_dir / "pids.json")
+
+    # --- watching -------------------------------------------------------------------------
+    def poll(self) -> list[Child]:
+        """Children that exited since the last poll (their exit_code now set)."""
+        exited = []
+        for child in self.children:
+            if child.running and child.popen is not None and child.popen.poll() is not None:
+                child.exit_code = child.popen.returncode
+                exited.append(child)
+        return exited
+
+    def running(self) -> bool:
+        self.poll()
+        return any(c.running for c in self.children)
+
+    def main_child(self) -> Child | None:
+        """The process whose exit ends the job: the PS, or the single process."""
+        return next((c for c in self.children if c.role in ("ps", "single")), None)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every child to exit; True if they all did."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    # --- stopping -------------------------------------------------------------------------
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop (SIGTERM: the PS writes a final checkpoint), then SIGKILL after `grace`."""
+        self.stopping = True
+        grace = self.config.grace_period if grace is None else grace
+        tree = self._tree()
+        for child in self.children:
+            if child.running:
+                _signal_group(child.pid, signal.SIGTERM)
+        if not self.wait(grace):
+            self.kill()
+        _kill_all(tree)
+
+    def kill(self) -> None:
+        """SIGKILL every child's process group and every process of their trees."""
+        tree = self._tree()
+        for child in self.children:
+            if child.running:
+                _signal_group(child.pid, signal.SIGKILL)
+        _kill_all(tree)
+        self.wait(5)
+
+    def _tree(self) -> list[psutil.Process]:
+        procs: list[psutil.Process] = []
+        for child in self.children:
+            try:
+                proc = psutil.Process(child.pid)
+                procs.append(proc)
+                procs.extend(proc.children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
+        return procs
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # each child leads its own session, so its pgid is its pid
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_all(procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=5)

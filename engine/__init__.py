@@ -1,0 +1,1 @@
+"""adt training engine: parameter server, workers, data, checkpoints, events. No UI imports."""

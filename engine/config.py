@@ -1,0 +1,163 @@
+"""The one job configuration: a dataclass, read from TOML and flags, validated once at the edge.
+
+Everything inside the engine trusts a `RunConfig` that passed `validate()`. This module imports
+no torch, so the CLI and the monitor can check a config in milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODELS = ("cnn", "resnet18")
+OPTIMIZERS = ("sgd", "adamw")
+STALENESS_POLICIES = ("none", "lr/staleness")
+DEVICES = ("auto", "cpu", "cuda")
+TRANSFER_DTYPES = ("fp32", "bf16")
+DEFAULT_DATA = "data/synthetic"
+
+
+class ConfigError(ValueError):
+    """A config value a person must fix; `str()` is the whole message."""
+
+    def __init__(self, field_name: str, problem: str, fix: str, source: str = "") -> None:
+        where = f" in {source}" if source else ""
+        super().__init__(f"config error{where}: '{field_name}' {problem}. Fix: {fix}.")
+        self.field = field_name
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved as runs/<id>/config.json and inside every checkpoint."""
+
+    # data: a data directory holding train/ and val/ shard folders, or explicit shard URLs
+    data: str = DEFAULT_DATA
+    train_url: str = ""
+    val_url: str = ""
+    # model and optimisation
+    model: str = "cnn"
+    num_classes: int = 0  # 0: take it from the data manifest
+    epochs: int = 3
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # asynchrony
+    workers: int = 2
+    staleness_policy: str = "none"
+    max_staleness: int = 0  # 0: no bound
+    transfer_dtype: str = "fp32"
+    # input pipeline and devices
+    loader_workers: int = 1
+    device: str = "cpu"
+    # evaluation, checkpoints, health
+    eval_every: int = 0  # updates between validations; 0: once per epoch
+    stop_on_divergence: bool = False
+    chance_warmup_evals: int = 1
+    worker_timeout: float = 60.0
+    # processes and network
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port
+    grace_period: float = 15.0
+    log_interval: float = 1.0
+    seed: int = 0
+    # where things go
+    runs_dir: str = "runs"
+    checkpoints_dir: str = "checkpoints"
+    run_id: str = ""
+    resume: str = ""
+    force: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "") -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(
+                    key, "is not a known setting", f"use one of: {', '.join(sorted(known))}", source
+                )
+        return cls(**values)
+
+    def validate(self, source: str = "") -> RunConfig:
+        """Check every field; raise ConfigError naming the first bad one. Returns self."""
+
+        def bad(name: str, problem: str, fix: str) -> None:
+            raise ConfigError(name, problem, fix, source)
+
+        for name, kind in _TYPES.items():
+            value = getattr(self, name)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, float(value))
+            elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                bad(name, f"must be {kind.__name__}, got {value!r}", f"set {name} to a {kind.__name__}")
+        if self.model not in MODELS:
+            bad("model", f"is {self.model!r}, which is not a known model", f"use one of {MODELS}")
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", f"is {self.optimizer!r}", f"use one of {OPTIMIZERS}")
+        if self.staleness_policy not in STALENESS_POLICIES:
+            bad("staleness_policy", f"is {self.staleness_policy!r}", f"use one of {STALENESS_POLICIES}")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            bad("device", f"is {self.device!r}", "use auto, cpu, cuda or cuda:N")
+        if self.transfer_dtype not in TRANSFER_DTYPES:
+            bad("transfer_dtype", f"is {self.transfer_dtype!r}", f"use one of {TRANSFER_DTYPES}")
+        if not self.lr > 0:
+            bad("lr", f"is {self.lr}, but the learning rate must be positive", "pass e.g. --lr 0.05")
+        if self.workers < 0:
+            bad("workers", f"is {self.workers}, but it cannot be negative", "use 0 (single process) or more")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                bad(name, f"is {getattr(self, name)}, but it must be at least 1", f"pass a positive {name}")
+        for name in ("num_classes", "momentum", "weight_decay", "max_staleness", "eval_every",
+                     "loader_workers", "chance_warmup_evals", "port"):
+            if getattr(self, name) < 0:
+                bad(name, f"is {getattr(self, name)}, but it cannot be negative", f"pass {name} >= 0")
+        if not 0 <= self.momentum < 1:
+            bad("momentum", f"is {self.momentum}", "use a value in [0, 1)")
+        if self.port > 65535:
+            bad("port", f"is {self.port}", "use 0 (pick a free port) or a port below 65536")
+        for name in ("worker_timeout", "grace_period", "log_interval"):
+            if not getattr(self, name) > 0:
+                bad(name, f"is {getattr(self, name)}, but it must be positive", f"pass {name} > 0")
+        if not (self.train_url or self.data):
+            bad("data", "is empty", "pass --data DIR or --train-url/--val-url")
+        if bool(self.train_url) != bool(self.val_url):
+            bad("val_url" if self.train_url else "train_url", "is missing while the other URL is set",
+                "pass both --train-url and --val-url, or --data DIR")
+        return self
+
+
+_TYPES: dict[str, type] = {
+    f.name: {"str": str, "int": int, "float": float, "bool": bool}[f.type]  # type: ignore[index]
+    for f in dataclasses.fields(RunConfig)
+}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config; keys may sit at the top level or under [run]."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", f"file {path} does not exist", "pass an existing TOML file")
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"file {path} is not valid TOML ({exc})", "fix the syntax") from exc
+    values = {**values.pop("run", {}), **values}
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def build_config(toml_path: str | None, overrides: dict[str, Any]) -> RunConfig:
+    """TOML values first, then flags (overrides win); validated."""
+    values: dict[str, Any] = {}
+    source = ""
+    if toml_path:
+        values.update(load_toml(toml_path))
+        source = str(toml_path)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return RunConfig.from_dict(values, source).validate(source if not overrides else "")

@@ -1,0 +1,242 @@
+"""WebDataset input: shard URLs, manifests, and the split of shards among readers.
+
+A *reader* is one DataLoader process of one worker. With R readers and S shards:
+- S >= R: reader r reads shards r, r+R, r+2R, ... whole;
+- S <  R: the readers that share shard r mod S take every k-th sample of it (k = how many share),
+  so they read the whole shard but decode only their own samples.
+Either way an epoch sees every training sample exactly once across all workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import braceexpand
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from .shards import MANIFEST
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, what is wrong and the fix."""
+
+
+def expand_urls(spec: str) -> list[str]:
+    """`file:dir/train-{000000..000003}.tar`, a plain path, or a directory -> absolute tar paths."""
+    spec = spec.strip()
+    if spec.startswith("file:"):
+        spec = spec[len("file:"):]
+    if "://" in spec:
+        raise DataError(f"data URL {spec!r} is remote; adt reads local shards only. "
+                        "Fix: copy the shards to this machine and pass their path.")
+    paths: list[str] = []
+    for part in braceexpand.braceexpand(spec):
+        path = Path(part).expanduser()
+        if path.is_dir():
+            paths.extend(str(p.resolve()) for p in sorted(path.glob("*.tar")))
+        else:
+            paths.append(str(path.resolve()))
+    return paths
+
+
+@dataclass
+class Split:
+    """One split's shards and manifest."""
+
+    urls: list[str]
+    manifest: dict[str, Any]
+    manifest_path: str
+
+    @property
+    def num_samples(self) -> int:
+        names = {Path(u).name for u in self.urls}
+        return sum(s["count"] for s in self.manifest["shards"] if s["name"] in names)
+
+
+@dataclass
+class DataSpec:
+    train: Split
+    val: Split
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.manifest["classes"]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.train.manifest["image_size"])  # type: ignore[return-value]
+
+    def fingerprint(self) -> str:
+        """Manifest hashes plus shard names and sizes: identical data gives an identical print."""
+        parts = []
+        for split in (self.train, self.val):
+            parts.append(split.manifest.get("content_hash", ""))
+            parts.extend(f"{Path(u).name}:{os.path.getsize(u)}" for u in split.urls)
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        return {"train": self.train.urls, "val": self.val.urls, "fingerprint": self.fingerprint()}
+
+
+def load_split(spec: str, name: str) -> Split:
+    """Expand a split's URL and check every shard against the manifest beside it."""
+    urls = expand_urls(spec)
+    if not urls:
+        raise DataError(f"{name} data {spec!r} matches no .tar file. "
+                        f"Fix: pass an existing shard directory or URL, or run `adt data synth`.")
+    for url in urls:
+        if not os.path.isfile(url):
+            raise DataError(f"{name} shard {url} does not exist (from {spec!r}). "
+                            "Fix: check the path and the brace range.")
+        if os.path.getsize(url) == 0:
+            raise DataError(f"{name} shard {url} is empty. Fix: re-create the shard set.")
+    manifest_path = Path(urls[0]).parent / MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{name} shards in {manifest_path.parent} have no {MANIFEST}. "
+                        "Fix: write shards with `adt data synth` or `adt data prepare`.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        listed = {s["name"]: s for s in manifest["shards"]}
+        manifest["classes"], manifest["image_size"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{manifest_path} is not a valid manifest ({exc!r}). "
+                        "Fix: re-create the shard set.") from exc
+    for url in urls:
+        if Path(url).parent != manifest_path.parent:
+            raise DataError(f"{name} shard {url} is not in {manifest_path.parent}, the directory of "
+                            "the first shard. Fix: keep one split's shards in one directory.")
+        if Path(url).name not in listed:
+            raise DataError(f"{name} shard {url} is not listed in {manifest_path}. "
+                            "Fix: re-create the shard set or correct the URL.")
+    return Split(urls, manifest, str(manifest_path))
+
+
+def resolve_data(data: str, train_url: str = "", val_url: str = "") -> DataSpec:
+    """Find both splits: explicit URLs, or `data/train` and `data/val` of a data directory."""
+    if not train_url:
+        root = Path(data)
+        if not root.is_dir():
+            raise DataError(f"data directory {root.resolve()} does not exist. Fix: run "
+                            "`adt data synth` or pass --data DIR (holding train/ and val/).")
+        train_url, val_url = str(root / "train"), str(root / "val")
+    spec = DataSpec(load_split(train_url, "train"), load_split(val_url, "val"))
+    if spec.train.manifest["classes"] != spec.val.manifest["classes"]:
+        raise DataError(f"the class maps differ: {spec.train.manifest_path} and "
+                        f"{spec.val.manifest_path} list different classes (or orders), so labels "
+                        "would mean different things. Fix: write both splits with one class map.")
+    if spec.train.manifest["image_size"] != spec.val.manifest["image_size"]:
+        raise DataError(f"image sizes differ between {spec.train.manifest_path} and "
+                        f"{spec.val.manifest_path}. Fix: write both splits at one size.")
+    return spec
+
+
+def reader_plan(urls: list[str], reader: int, readers: int) -> tuple[list[str], int, int]:
+    """(shards, stride, offset) for one reader: it keeps samples whose index % stride == offset."""
+    if len(urls) >= readers:
+        return urls[reader::readers], 1, 0
+    shard = reader % len(urls)
+    sharers = list(range(shard, readers, len(urls)))
+    return [urls[shard]], len(sharers), sharers.index(reader)
+
+
+def decode_sample(sample: dict[str, Any], size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, int]:
+    """JPEG bytes + label text -> HWC uint8 array and int, checked against the manifest."""
+    key = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+    if "jpg" not in sample or "cls" not in sample:
+        raise DataError(f"sample {key} lacks 'jpg' or 'cls'. Fix: re-create the shard set.")
+    try:
+        image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+    except Exception as exc:
+        raise DataError(f"sample {key}: image does not decode ({exc}). Fix: re-create the shard.") from exc
+    if image.size != (size[1], size[0]):
+        raise DataError(f"sample {key} is {image.size[0]}x{image.size[1]}, but the manifest says "
+                        f"{size[1]}x{size[0]}. Fix: re-create the shard set at one size.")
+    label = int(sample["cls"])
+    if not 0 <= label < num_classes:
+        raise DataError(f"sample {key} has label {label}, outside [0, {num_classes}). "
+                        "Fix: re-create the shards with the manifest's class map.")
+    return np.asarray(image), label
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Batches of (uint8 NCHW images, int64 labels) from this worker's share of the shards.
+
+    `worker`/`workers` say which adt worker this is; DataLoader processes split that share further.
+    """
+
+    def __init__(self, split: Split, worker: int, workers: int, loader_workers: int,
+                 batch_size: int, train: bool, seed: int = 0) -> None:
+        self.split = split
+        self.worker, self.workers = worker, workers
+        self.loader_workers = max(1, loader_workers)
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.epoch = 0
+        self.size = tuple(split.manifest["image_size"])
+        self.num_classes = len(split.manifest["classes"])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def reader_index(self) -> int:
+        info = torch.utils.data.get_worker_info()
+        return self.worker * self.loader_workers + (info.id if info else 0)
+
+    def samples(self) -> Iterator[tuple[np.ndarray, int]]:
+        reader = self.reader_index()
+        shards, stride, offset = reader_plan(self.split.urls, reader, self.workers * self.loader_workers)
+        rng = random.Random(self.seed * 1_000_003 + self.epoch * 1009 + reader)
+        if self.train:
+            shards = rng.sample(shards, len(shards))
+        index = 0
+        for sample in wds.tarfile_to_samples()(iter([{"url": url} for url in shards])):
+            index += 1
+            if (index - 1) % stride == offset:
+                yield decode_sample(sample, self.size, self.num_classes)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        samples = self.samples()
+        if self.train:
+            samples = _shuffled(samples, 1000, random.Random(self.seed + self.epoch))
+        batch: list[tuple[np.ndarray, int]] = []
+        for item in samples:
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield _collate(batch)
+                batch = []
+        if batch:
+            yield _collate(batch)
+
+
+def _shuffled(items: Iterator[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
+    buffer: list[Any] = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= buffer_size:
+            yield buffer.pop(rng.randrange(len(buffer)))
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def _collate(batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(np.stack([image for image, _ in batch])).permute(0, 3, 1, 2)
+    labels = torch.tensor([label for _, label in batch], dtype=torch.int64)
+    return images.contiguous(), labels
+
+
+def make_loader(stream: ShardStream, loader_workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over a ShardStream (which batches itself); 0 loader workers decodes inline."""
+    return torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,
+        prefetch_factor=4 if loader_workers else None,
+    )
