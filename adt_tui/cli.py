@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from engine.config import DEFAULT_DATA, ConfigError, RunConfig, build_config
+from engine.errors import DataError
 
 EXIT_BAD_INPUT = 2
 
@@ -53,7 +55,15 @@ _NOT_CONFIG = {"config", "command", "no_ui", "func", "watch", "restart_on_change
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    return build_config(args.config, overrides)
+    base: dict[str, Any] = {}
+    if args.resume:  # a resumed run keeps its settings; flags (e.g. more --epochs) still win
+        saved = Path(args.runs_dir or "runs") / args.resume / "config.json"
+        if not saved.is_file():
+            raise ConfigError("resume", f"names run {args.resume!r}, but {saved} does not exist",
+                              "pick a run id from `ls runs/`")
+        base = json.loads(saved.read_text())
+        base.update(resume="", run_id="", force=False)
+    return build_config(args.config, {**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -67,6 +77,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_monitor(config, watch=args.watch, restart_on_change=args.restart_on_change)
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .app import watch_run
+
+    return watch_run(args.run_dir)
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from engine.synth import write_synthetic
 
@@ -74,6 +90,23 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
                           train_samples=args.train, val_samples=args.val,
                           train_shards=args.train_shards, val_shards=args.val_shards, seed=args.seed)
     print(f"wrote {out.resolve()}/train and /val")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from engine.prepare import prepare
+
+    result = prepare(args.src, args.out, size=args.size, shards=args.shards, val_shards=args.val_shards,
+                     seed=args.seed, workers=args.workers, loader_workers=args.loader_workers,
+                     jobs=args.jobs)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from engine.preflight import preflight
+
+    print("\n".join(preflight(config_from_args(args)).lines()))
     return 0
 
 
@@ -90,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="restart the job by itself when watched source changes")
     run.set_defaults(func=cmd_run)
 
+    watch = sub.add_parser("watch", help="open the monitor on an existing run (re-attach)")
+    watch.add_argument("run_dir", help="the run's directory, runs/<run-id>")
+    watch.set_defaults(func=cmd_watch)
+
     data = sub.add_parser("data", help="make data sets").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the built-in synthetic data set")
     synth.add_argument("--out", default=DEFAULT_DATA)
@@ -101,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--val-shards", type=int, default=2)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_data_synth)
+    prep = data.add_parser("prepare", help="convert Tiny ImageNet or an ImageFolder tree to shards")
+    prep.add_argument("src", help="tiny-imagenet-200/ (wnids.txt, train/, val/) or a dir with train/ and val/")
+    prep.add_argument("--out", default="data/tiny-imagenet-wds")
+    prep.add_argument("--size", type=int, default=0, help="resize to SIZE x SIZE (default: keep; must be uniform)")
+    prep.add_argument("--shards", type=int, default=0, help="train shards (default: enough for every reader)")
+    prep.add_argument("--val-shards", type=int, default=0)
+    prep.add_argument("--seed", type=int, default=0, help="seed of the train shuffle")
+    prep.add_argument("--workers", type=int, default=2, help="planned workers (sizes the default shard count)")
+    prep.add_argument("--loader-workers", type=int, default=1, help="planned loader processes per worker")
+    prep.add_argument("--jobs", type=int, default=0, help="conversion processes (default: CPUs, up to 8)")
+    prep.set_defaults(func=cmd_data_prepare)
+
+    check = sub.add_parser("check", help="check the data a run would read (exit 2 on a problem)")
+    _run_flags(check)
+    check.set_defaults(func=cmd_check)
     return parser
 
 
@@ -112,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, DataError) as exc:
         print(f"adt: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -51,12 +51,13 @@ class Child:
     popen: subprocess.Popen | None
     log_path: Path
     pid: int = 0
-    exit_code: int | None = None
+    exit_code: int | None = None  # None while running, and for an attached child (code unknown)
     started: float = field(default_factory=time.time)
+    exited: bool = False
 
     @property
     def running(self) -> bool:
-        return self.exit_code is None
+        return not self.exited
 
 
 class Supervisor:
@@ -70,6 +71,31 @@ class Supervisor:
         config.run_id = self.run_id
         self.run_dir = Path(config.runs_dir).resolve() / self.run_id
         self.stopping = False
+        self.attached = False  # True: another adt started this job; we only watch (and may stop) it
+
+    @classmethod
+    def attach(cls, run_dir: str | Path) -> Supervisor:
+        """A supervisor for a job started elsewhere, from its config.json and pids.json.
+
+        Used by `adt watch` after the monitor that started the job died or quit. A pid counts
+        only while it is alive and still runs `engine.node` for this run dir: pids get reused.
+        """
+        run_dir = Path(run_dir).resolve()
+        config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        config.runs_dir, config.run_id = str(run_dir.parent), run_dir.name
+        sup = cls(config)
+        sup.attached = True
+        try:
+            pids: dict[str, int] = json.loads((run_dir / "pids.json").read_text())["children"]
+        except (OSError, ValueError, KeyError):
+            pids = {}
+        for name, pid in pids.items():
+            role = "worker" if name.startswith("worker") else name
+            worker = int(name[len("worker"):]) if role == "worker" else None
+            child = Child(name, role, worker, None, run_dir / "logs" / f"{name}.log", pid)
+            child.exited = not _is_job_process(pid, run_dir)
+            sup.children.append(child)
+        return sup
 
     # --- starting -------------------------------------------------------------------------
     def start(self) -> Path:
@@ -104,11 +130,11 @@ class Supervisor:
             env.setdefault("TP_SOCKET_IFNAME", "lo")
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")
         log_path = self.run_dir / "logs" / f"{name}.log"
-        log = open(log_path, "ab")
         cmd = [self.python, "-m", "engine.node", "--role", role, "--run-dir", str(self.run_dir)]
-        popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=env, cwd=os.getcwd(), start_new_session=True)
-        log.close()
+        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd(),
+                                     start_new_session=True)
         self.children.append(Child(name, role, worker, popen, log_path, popen.pid))
 
     def _write_pids(self) -> None:
@@ -123,8 +149,14 @@ class Supervisor:
         """Children that exited since the last poll (their exit_code now set)."""
         exited = []
         for child in self.children:
-            if child.running and child.popen is not None and child.popen.poll() is not None:
-                child.exit_code = child.popen.returncode
+            if not child.running:
+                continue
+            if child.popen is not None:
+                if child.popen.poll() is not None:
+                    child.exit_code, child.exited = child.popen.returncode, True
+                    exited.append(child)
+            elif not _is_job_process(child.pid, self.run_dir):  # attached: not our child, no code
+                child.exited = True
                 exited.append(child)
         return exited
 
@@ -167,6 +199,23 @@ class Supervisor:
         _kill_all(tree)
         self.wait(5)
 
+    def record_exits(self, run_ended: bool) -> None:
+        """Append `process_exit` for every child and, if the run never said how it ended, a
+        `run_end`. Call only once every child has exited: the PS is the writer while it lives."""
+        from engine.events import EventWriter
+
+        writer = EventWriter(self.run_dir / "events.jsonl", self.run_id)
+        for child in self.children:
+            writer.emit("process_exit", role=child.role, worker=child.worker, pid=child.pid,
+                        code=child.exit_code, reason="stopped" if self.stopping else "exited")
+        main = self.main_child()
+        if not run_ended and main is not None:
+            outcome = "stopped" if self.stopping and main.exit_code in (0, -15) else "failed"
+            writer.emit("run_end", outcome=outcome, version=None, epoch=None, best_val_acc=None,
+                        message=f"{main.name} {_describe(main.exit_code)} before the run ended; "
+                                f"see {main.log_path}")
+        writer.close()
+
     def _tree(self) -> list[psutil.Process]:
         procs: list[psutil.Process] = []
         for child in self.children:
@@ -184,6 +233,22 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)  # each child leads its own session, so its pgid is its pid
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _describe(code: int | None) -> str:
+    return "was killed" if code is not None and code < 0 else f"exited with code {code}"
+
+
+def _is_job_process(pid: int, run_dir: Path) -> bool:
+    """True if `pid` is alive and is an `engine.node` process of this run dir."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return "engine.node" in cmdline and str(run_dir) in cmdline
 
 
 def _kill_all(procs: list[psutil.Process]) -> None:

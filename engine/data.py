@@ -25,11 +25,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from .errors import DataError
 from .shards import MANIFEST
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, what is wrong and the fix."""
+__all__ = ["DataError"]  # re-exported: callers catch engine.data.DataError
 
 
 def expand_urls(spec: str) -> list[str]:

@@ -40,10 +40,10 @@ def make_image(label: int, num_classes: int, size: int, rng: np.random.Generator
     """One image of class `label`: colour + oriented grating + a class-shaped blob, all jittered."""
     style = _class_style(label, num_classes, np.random.default_rng(label))
     y, x = np.mgrid[0:size, 0:size] / size
-    angle = style["angle"] + rng.normal(0, 0.15)
+    angle = style["angle"] + rng.normal(0, 0.35)
     phase = rng.uniform(0, 2 * math.pi)
     grating = 0.5 + 0.5 * np.sin(2 * math.pi * style["freq"] * (x * math.cos(angle) + y * math.sin(angle)) + phase)
-    hue = (style["hue"] + rng.normal(0, 0.03)) % 1.0
+    hue = (style["hue"] + rng.normal(0, 0.09)) % 1.0
     base = _hsv_to_rgb(hue, style["sat"], rng.uniform(0.55, 0.95))
     other = _hsv_to_rgb((hue + 0.5) % 1.0, 0.3, rng.uniform(0.2, 0.5))
     img = grating[..., None] * base + (1 - grating[..., None]) * other
@@ -55,7 +55,11 @@ def make_image(label: int, num_classes: int, size: int, rng: np.random.Generator
     else:
         mask = abs(x - cx) + abs(y - cy) < r
     img[mask] = img[mask] * 0.4 + 0.6 * _hsv_to_rgb((hue + 0.25) % 1.0, 0.8, 0.9)
-    img = img + rng.normal(0, 0.08, img.shape)
+    # A blob of a random other class's colour, and heavy noise, keep the task from being trivial.
+    dx, dy = rng.uniform(0.1, 0.9, 2)
+    decoy = (x - dx) ** 2 + (y - dy) ** 2 < rng.uniform(0.01, 0.04)
+    img[decoy] = _hsv_to_rgb(rng.random(), 0.8, 0.9)
+    img = img + rng.normal(0, 0.25, img.shape)
     return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
 
 

@@ -1,0 +1,36 @@
+"""Everything checked or prepared before a job's first process starts (monitor and headless)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from engine.config import DEFAULT_DATA, ConfigError, RunConfig
+
+from .supervisor import is_loopback
+
+
+def prepare_job(config: RunConfig, out: TextIO = sys.stdout) -> None:
+    """Create the built-in data on first use, check the data, and check a resume target.
+
+    Raises ConfigError or engine.data.DataError (both exit code 2) before anything runs.
+    """
+    if config.data == DEFAULT_DATA and not config.train_url and not Path(DEFAULT_DATA).exists():
+        from engine.synth import write_synthetic
+
+        print(f"first run: writing the built-in synthetic data set to {Path(DEFAULT_DATA).resolve()}",
+              file=out, flush=True)
+        write_synthetic(DEFAULT_DATA)
+    from engine.data import resolve_data
+
+    resolve_data(config.data, config.train_url, config.val_url)
+    if config.resume:
+        last = Path(config.checkpoints_dir) / config.resume / "last.pt"
+        if not last.is_file():
+            raise ConfigError("resume", f"names run {config.resume!r}, which has no checkpoint {last}",
+                              "pick a run id from `ls checkpoints/`")
+        config.run_id = config.resume
+    if not is_loopback(config.host):
+        print(f"WARNING: RPC listens on {config.host}. torch RPC is unauthenticated: anyone who can "
+              "reach this port can run code in the job. Use only on a trusted network.", file=out)

@@ -1,0 +1,8 @@
+"""Errors for people: each message says what is wrong, where (file, field) and how to fix it.
+
+Kept free of torch so the command line can catch them without importing it.
+"""
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, what is wrong and the fix."""

@@ -1,0 +1,37 @@
+"""Validation of the global model: every validation sample exactly once, loss and top-1 accuracy."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import DataError, ShardStream, Split, make_loader
+from .models import normalize
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, device: torch.device, loader_workers: int,
+             batch_size: int = 256) -> dict[str, Any]:
+    """Loss and accuracy over the whole split; raises DataError if any sample is missed or doubled."""
+    start = time.monotonic()
+    was_training = model.training
+    model.eval()
+    stream = ShardStream(split, worker=0, workers=1, loader_workers=loader_workers,
+                         batch_size=batch_size, train=False)
+    total_loss, correct, count = 0.0, 0, 0
+    for images, labels in make_loader(stream, loader_workers):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(normalize(images).contiguous(memory_format=torch.channels_last))
+        total_loss += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        count += labels.numel()
+    model.train(was_training)
+    if count != split.num_samples:
+        raise DataError(f"validation saw {count} samples but {split.manifest_path} lists "
+                        f"{split.num_samples}. Fix: re-create the validation shards.")
+    return {"loss": total_loss / count, "acc": correct / count, "count": count,
+            "seconds": round(time.monotonic() - start, 3)}

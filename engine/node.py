@@ -1,0 +1,206 @@
+"""One process of a job: `python -m engine.node --role ps|worker|single --run-dir DIR`.
+
+Rank and world size come from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, as set by adt's supervisor
+or by torchrun: rank 0 is the parameter server (or the single process when WORLD_SIZE is 1),
+rank k > 0 is worker k-1. SIGINT/SIGTERM ask for a graceful stop: workers finish their step and
+leave, the PS writes a final checkpoint and `run_end`, and every process exits.
+
+Exit codes: 0 finished or stopped on request, 1 failed, 2 bad input (config, data, checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import ConfigError, RunConfig
+from .data import DataError, Split, resolve_data
+from .events import EventWriter
+from .fingerprint import startup_fingerprint
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _log(role: str, message: str) -> None:
+    print(f"[adt {role} pid {os.getpid()}] {message}", flush=True)
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def load_resume(config: RunConfig, meta: dict[str, Any], model_shapes: dict[str, list[int]],
+                events: EventWriter) -> dict[str, Any] | None:
+    """The checkpoint to resume from, after refusing one of other data or another model shape."""
+    if not config.resume:
+        return None
+    path = Path(config.checkpoints_dir).resolve() / config.resume / "last.pt"
+    payload = load_checkpoint(path)
+    old = payload.get("meta", {})
+    shapes = {k: list(v.shape) for k, v in payload["model"].items()}
+    problems = []
+    if old.get("data_fingerprint") != meta["data_fingerprint"]:
+        problems.append(f"its data fingerprint {old.get('data_fingerprint')} differs from this data's "
+                        f"{meta['data_fingerprint']}")
+    if shapes != model_shapes:
+        problems.append("its model has other parameter shapes (another model or class count)")
+    if problems and not config.force:
+        raise CheckpointError(f"refusing to resume from {path}: {'; '.join(problems)}. "
+                              "Fix: resume with the same data and model, or pass --force.")
+    if old.get("code", {}).get("fingerprint") != meta["code"]["fingerprint"]:
+        events.emit("alert", level="warning", code="stale_code",
+                    message=f"resuming with changed code: checkpoint has code "
+                            f"{old.get('code', {}).get('fingerprint')}, now {meta['code']['fingerprint']}")
+    return payload
+
+
+def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, port: int,
+               stop: threading.Event) -> int:
+    """The PS (world_size > 1) or the single process (world_size == 1)."""
+    import torch
+
+    from . import transport
+    from .server import ParameterServer, resolve_device
+    from .worker import run_worker
+
+    single = world_size == 1
+    role = "single" if single else "ps"
+    spec = resolve_data(config.data, config.train_url, config.val_url)
+    if config.num_classes and config.num_classes != len(spec.classes):
+        raise DataError(f"num_classes is {config.num_classes} but {spec.train.manifest_path} lists "
+                        f"{len(spec.classes)} classes. Fix: drop --num-classes or use matching data.")
+    events = EventWriter(run_dir / "events.jsonl", config.run_id)
+    checkpoint_dir = Path(config.checkpoints_dir).resolve() / config.run_id
+    meta = {"run_id": config.run_id, "code": startup_fingerprint(), "data_fingerprint": spec.fingerprint(),
+            "data": spec.describe(), "started": time.time()}
+    device = resolve_device(config.device) if single else torch.device("cpu")
+    from .models import build_model
+
+    shapes = {k: list(v.shape) for k, v in build_model(config.model, len(spec.classes)).state_dict().items()}
+    resume = load_resume(config, meta, shapes, events)
+    server = ParameterServer(config, spec, events, max(1, world_size - 1), device, checkpoint_dir, meta, resume)
+    events.emit("run_start", config=config.to_dict(), host=socket.gethostname(), pid=os.getpid(),
+                mode="single" if single else "async", workers=config.workers, model=config.model,
+                num_classes=len(spec.classes), train_samples=spec.train.num_samples,
+                val_samples=spec.val.num_samples, data=spec.describe(), code=meta["code"],
+                resumed=resume is not None, version=server.version, epoch=server.epoch,
+                checkpoint_dir=str(checkpoint_dir))
+    _log(role, f"run {config.run_id}: {config.model}, data {spec.train.urls[0]}..., "
+               f"version {server.version}, epoch {server.epoch}")
+    failure: list[BaseException] = []
+    if single:
+        client = transport.LocalClient(server)
+
+        def train() -> None:
+            try:
+                reason = run_worker(client, config, spec.train, 0, 1, 0, stop, model=server.flat)
+            except BaseException as exc:  # reported by the main thread
+                failure.append(exc)
+                reason = "failed"
+            client.leave(reason)
+
+        threading.Thread(target=train, name="single-train", daemon=True).start()
+    else:
+        transport.serve(server)
+        transport.init(0, world_size, host, port)
+    deadline = None
+    while not server.all_left.wait(config.log_interval):
+        server.call(lambda: server.report(config.log_interval))
+        if stop.is_set() and deadline is None:
+            server.stop_requested.set()
+            deadline = time.monotonic() + config.grace_period * 0.6
+            _log(role, "stop requested: waiting for workers to leave")
+        if deadline is not None and time.monotonic() > deadline:
+            _log(role, "workers did not leave in time; finishing without them")
+            break
+    server.call(lambda: server.report(config.log_interval))
+    outcome = "failed" if failure else server.outcome or ("stopped" if stop.is_set() or
+                                                          server.stop_requested.is_set() else "failed")
+    if outcome == "failed" and not failure and server.outcome is None:
+        outcome = "failed"
+    if outcome != "finished":
+        server.call(lambda: server.checkpoint("last"))
+    message = {"finished": "all epochs done", "stopped": "stopped on request",
+               "diverged": "stopped: training diverged"}.get(outcome, "")
+    if failure:
+        message = f"training failed: {failure[0]!r}"
+        traceback.print_exception(failure[0])
+    elif outcome == "failed":
+        message = "every worker was lost before the run finished"
+    events.emit("run_end", outcome=outcome, version=server.version, epoch=server.epoch,
+                best_val_acc=server.best_val_acc, message=message)
+    _log(role, f"run_end: {outcome} ({message}), version {server.version}")
+    events.close()
+    server.close()
+    if not single:
+        transport.shutdown()
+    return EXIT_OK if outcome in ("finished", "stopped") else EXIT_FAILED
+
+
+def run_worker_process(rank: int, world_size: int, host: str, port: int, stop: threading.Event) -> int:
+    from . import transport
+    from .worker import run_worker
+
+    worker = rank - 1
+    transport.init(rank, world_size, host, port)
+    client = transport.RpcClient(worker)
+    try:
+        job = client.job()
+        config = RunConfig.from_dict(job["config"])
+        train = Split(job["train_urls"], job["train_manifest"], job["train_manifest_path"])
+        reason = run_worker(client, config, train, worker, job["num_workers"], rank, stop)
+        _log(f"worker{worker}", f"leaving: {reason}")
+        client.leave(reason)
+    except RuntimeError as exc:
+        _log(f"worker{worker}", f"lost the parameter server at {host}:{port} ({exc}). Exiting.")
+        os._exit(EXIT_FAILED)  # the RPC agent cannot shut down cleanly without its peer
+    transport.shutdown()
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.node")
+    parser.add_argument("--role", choices=("ps", "worker", "single"))
+    parser.add_argument("--run-dir", help="the run directory with config.json (PS and single only)")
+    args = parser.parse_args(argv)
+    from .transport import rpc_env
+
+    rank, world_size, host, port = rpc_env()
+    role = "single" if world_size == 1 else "ps" if rank == 0 else "worker"
+    if args.role and args.role != role:
+        print(f"adt node: --role {args.role} contradicts RANK={rank} WORLD_SIZE={world_size} "
+              f"(that is the {role}). Fix: rank 0 is the PS.", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    startup_fingerprint()  # before anything else runs: this is the code this process loaded
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    try:
+        if role == "worker":
+            return run_worker_process(rank, world_size, host, port, stop)
+        if not args.run_dir:
+            print("adt node: the PS needs --run-dir DIR holding config.json.", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        run_dir = Path(args.run_dir)
+        config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())).validate()
+        return run_server(config, run_dir, world_size, host, port, stop)
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"adt {role}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

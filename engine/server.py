@@ -1,0 +1,384 @@
+"""The parameter server: holds the global model and optimizer, applies pushes as they arrive.
+
+Every state change runs on one *apply thread* fed by a queue, so RPC threads never block on the
+optimizer and the algorithm reads in one place (`_apply_push`). Callers get a torch Future that
+the apply thread completes; over RPC that Future is returned by `@async_execution` functions.
+
+BatchNorm: workers train in train mode (batch statistics) and send their float buffers (running
+mean/var) with each push; before validation and checkpoints the PS sets its buffers to the mean
+of every worker's latest buffers, so the global model evaluates with statistics of the data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import socket
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, save_checkpoint
+from .config import RunConfig
+from .data import DataSpec
+from .evaluate import evaluate
+from .events import EventWriter
+from .health import Health
+from .models import build_model
+
+
+class FlatModel:
+    """A model whose parameters, gradients and float buffers are views into one flat tensor each.
+
+    One flat tensor moves over RPC as one message instead of one per layer.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        params = list(model.parameters())
+        self.params = torch.cat([p.detach().reshape(-1) for p in params])
+        self.grads = torch.zeros_like(self.params)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.data = self.params[offset:offset + n].view_as(p)
+            p.grad = self.grads[offset:offset + n].view_as(p)
+            offset += n
+        self.buffer_list = [b for b in model.buffers() if b.is_floating_point()]
+        self.buffers = (torch.cat([b.reshape(-1) for b in self.buffer_list])
+                        if self.buffer_list else torch.zeros(0, device=self.params.device))
+        offset = 0
+        for module in model.modules():
+            for name, b in list(module.named_buffers(recurse=False)):
+                if b is not None and b.is_floating_point():
+                    n = b.numel()
+                    setattr(module, name, self.buffers[offset:offset + n].view_as(b))
+                    offset += n
+
+    def zero_grad(self) -> None:
+        self.grads.zero_()
+
+
+def make_optimizer(config: RunConfig, params: Any) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class WorkerState:
+    pid: int
+    host: str
+    last_seen: float = field(default_factory=time.monotonic)
+    epoch_done: int = -1
+    left: bool = False
+    lost: bool = False
+    buffers: torch.Tensor | None = None
+
+    @property
+    def active(self) -> bool:
+        return not (self.left or self.lost)
+
+
+@dataclass
+class Reply:
+    """What a worker gets back for a push."""
+
+    version: int
+    params: torch.Tensor | None
+    stop: bool
+
+
+class ParameterServer:
+    def __init__(self, config: RunConfig, data: DataSpec, events: EventWriter, num_workers: int,
+                 device: torch.device, checkpoint_dir: Path, meta: dict[str, Any],
+                 resume: dict[str, Any] | None = None) -> None:
+        self.config, self.data, self.events = config, data, events
+        self.num_workers, self.device = num_workers, device
+        self.checkpoint_dir, self.meta = checkpoint_dir, meta
+        self.num_classes = len(data.classes)
+        self.flat = FlatModel(build_model(config.model, self.num_classes).to(device))
+        self.model = self.flat.model
+        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.version, self.epoch, self.samples_seen = 0, 0, 0
+        self.best_val_acc: float | None = None
+        self.last_val: dict[str, Any] | None = None
+        if resume:
+            self._load_state(resume)
+        self.health = Health(self.num_classes, config.chance_warmup_evals)
+        self.workers: dict[int, WorkerState] = {}
+        self.dropped = 0
+        self.outcome: str | None = None  # set when the run should end: finished/stopped/diverged
+        self.stop_requested = threading.Event()
+        self.all_left = threading.Event()
+        self._barrier: list[torch.futures.Future] = []
+        self._interval: dict[str, list[float]] = {"staleness": [], "apply_ms": []}
+        self._interval_updates = 0
+        self._host = socket.gethostname()
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._apply_thread = threading.Thread(target=self._apply_loop, name="ps-apply", daemon=True)
+        self._apply_thread.start()
+
+    def job(self) -> dict[str, Any]:
+        """What a joining worker needs to build its model and read its shards (immutable)."""
+        return {"config": self.config.to_dict(), "train_urls": self.data.train.urls,
+                "train_manifest": self.data.train.manifest,
+                "train_manifest_path": self.data.train.manifest_path, "num_workers": self.num_workers}
+
+    # --- entry points (any thread); each returns a Future completed by the apply thread ------
+    def register(self, worker: int, info: dict[str, Any]) -> torch.futures.Future:
+        return self._submit(lambda: self._register(worker, info))
+
+    def push(self, worker: int, base_version: int, grads: torch.Tensor, buffers: torch.Tensor,
+             samples: int, metrics: dict[str, Any] | None, reply_params: bool = True) -> torch.futures.Future:
+        return self._submit(lambda: self._apply_push(worker, base_version, grads, buffers, samples,
+                                                     metrics, reply_params))
+
+    def epoch_done(self, worker: int, epoch: int) -> torch.futures.Future:
+        future: torch.futures.Future = torch.futures.Future()
+        self._queue.put(lambda: self._epoch_done(worker, epoch, future))
+        return future
+
+    def leave(self, worker: int, reason: str) -> torch.futures.Future:
+        return self._submit(lambda: self._leave(worker, reason))
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run fn on the apply thread and wait for its result (for the main thread's last steps)."""
+        return self._submit(fn).wait()
+
+    def _submit(self, fn: Callable[[], Any]) -> torch.futures.Future:
+        future: torch.futures.Future = torch.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # hand the error to the caller instead of killing the thread
+                future.set_exception(exc)
+
+        self._queue.put(run)
+        return future
+
+    def _apply_loop(self) -> None:
+        while (task := self._queue.get()) is not None:
+            task()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._apply_thread.join(timeout=30)
+
+    # --- the algorithm (apply thread only) ----------------------------------------------------
+    def _register(self, worker: int, info: dict[str, Any]) -> dict[str, Any]:
+        self.workers[worker] = WorkerState(pid=info["pid"], host=info["host"])
+        self.events.emit("worker_join", worker=worker, **info)
+        if info.get("code_fingerprint") != self.meta["code"]["fingerprint"]:
+            self._alert("error", "fingerprint_mismatch",
+                        f"worker {worker} runs code {info.get('code_fingerprint')} but the run started "
+                        f"with {self.meta['code']['fingerprint']}: restart the job", worker=worker)
+        return {"version": self.version, "epoch": self.epoch, "params": self.flat.params.cpu().clone(),
+                "stop": self.outcome is not None}
+
+    def _apply_push(self, worker: int, base_version: int, grads: torch.Tensor, buffers: torch.Tensor,
+                    samples: int, metrics: dict[str, Any] | None, reply_params: bool) -> Reply:
+        start = time.perf_counter()
+        state = self.workers[worker]
+        state.last_seen = time.monotonic()
+        if state.lost:
+            state.lost = False
+            self._alert("warning", "worker_lost", f"worker {worker} is back after being silent", worker)
+        staleness = self.version - base_version
+        applied = not (self.config.max_staleness and staleness > self.config.max_staleness)
+        if not applied:
+            self.dropped += 1  # too stale to help: count it and send fresh parameters
+        else:
+            if grads is not self.flat.grads:  # the single-process path shares its gradient buffer
+                self.flat.grads.copy_(grads, non_blocking=True)
+            scale = 1.0 / max(1, staleness) if self.config.staleness_policy == "lr/staleness" else 1.0
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.lr * scale
+            self.optimizer.step()
+            self.version += 1
+            self._interval_updates += 1
+            self.samples_seen += samples
+        state.buffers = buffers
+        self._interval["staleness"].append(staleness)
+        self._interval["apply_ms"].append(1000 * (time.perf_counter() - start))
+        if metrics is not None:
+            self.events.emit("worker_metrics", worker=worker, staleness=staleness, **metrics)
+            for alert in self.health.train_loss(worker, float(metrics["loss"])):
+                self._alert(*alert, worker=worker)
+                if self.config.stop_on_divergence:
+                    self.outcome = "diverged"
+        if applied and self.config.eval_every and self.version % self.config.eval_every == 0:
+            self._validate()
+        params = None
+        if reply_params:
+            dtype = torch.bfloat16 if self.config.transfer_dtype == "bf16" else torch.float32
+            params = self.flat.params.to("cpu", dtype=dtype, copy=True)
+        return Reply(self.version, params, self.outcome is not None or self.stop_requested.is_set())
+
+    def _epoch_done(self, worker: int, epoch: int, future: torch.futures.Future) -> None:
+        self.workers[worker].epoch_done = epoch
+        self.workers[worker].last_seen = time.monotonic()
+        self._barrier.append(future)
+        self._check_barrier()
+
+    def _check_barrier(self) -> None:
+        """When every active worker finished the epoch: validate, checkpoint, release them."""
+        if not self._barrier:
+            return
+        active = [w for w in self.workers.values() if w.active]
+        if any(w.epoch_done < self.epoch for w in active):
+            return
+        self._end_epoch()
+        stop = self.outcome is not None or self.stop_requested.is_set()
+        for future in self._barrier:
+            future.set_result(stop)
+        self._barrier = []
+
+    def _end_epoch(self) -> None:
+        finished = self.epoch
+        self.epoch += 1
+        self.events.emit("epoch_end", epoch=finished, version=self.version, samples_seen=self.samples_seen)
+        result = self._validate()
+        self.checkpoint("last")
+        if result is not None and (self.best_val_acc is None or result["acc"] >= self.best_val_acc):
+            self.best_val_acc = result["acc"]
+            self.checkpoint("best")
+        if self.epoch >= self.config.epochs and self.outcome is None:
+            self.outcome = "finished"
+
+    def _leave(self, worker: int, reason: str) -> None:
+        state = self.workers.get(worker)
+        if state is not None:
+            state.left = True
+        self._after_worker_gone()
+
+    def _after_worker_gone(self) -> None:
+        self._check_barrier()
+        if self.workers and not any(w.active for w in self.workers.values()):
+            self.all_left.set()
+
+    def _sync_buffers(self) -> None:
+        latest = [w.buffers for w in self.workers.values() if w.buffers is not None]
+        if latest and self.flat.buffers.numel():
+            self.flat.buffers.copy_(torch.stack([b.to(self.device).float() for b in latest]).mean(0))
+
+    def _validate(self) -> dict[str, Any] | None:
+        self._sync_buffers()
+        result = evaluate(self.model, self.data.val, self.device, self.config.loader_workers)
+        self.last_val = result
+        self.events.emit("validation", version=self.version, epoch=self.epoch,
+                         samples_seen=self.samples_seen, chance=1 / self.num_classes, **result)
+        for alert in self.health.validation(result["loss"], result["acc"], result["count"]):
+            self._alert(*alert)
+            if self.config.stop_on_divergence and self.health.diverged():
+                self.outcome = "diverged"
+        return result
+
+    def checkpoint(self, tag: str) -> None:
+        """Write checkpoints/<run>/<tag>.pt atomically; a failure is an alert, not a crash."""
+        self._sync_buffers()
+        path = self.checkpoint_dir / f"{tag}.pt"
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "version": self.version,
+            "epoch": self.epoch,
+            "samples_seen": self.samples_seen,
+            "best_val_acc": self.best_val_acc,
+            "val": self.last_val,
+            "config": self.config.to_dict(),
+            "meta": self.meta,
+        }
+        try:
+            save_checkpoint(path, payload)
+        except CheckpointError as exc:
+            self._alert("error", "checkpoint_failed", str(exc))
+            return
+        acc = self.last_val["acc"] if self.last_val else None
+        self.events.emit("checkpoint", tag=tag, path=str(path), version=self.version,
+                         epoch=self.epoch, val_acc=acc)
+
+    def _load_state(self, payload: dict[str, Any]) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.version, self.epoch = payload["version"], payload["epoch"]
+        self.samples_seen = payload.get("samples_seen", 0)
+        self.best_val_acc = payload.get("best_val_acc")
+
+    def _alert(self, level: str, code: str, message: str, worker: int | None = None) -> None:
+        self.events.emit("alert", level=level, code=code, message=message, worker=worker)
+
+    # --- the monitor thread: metrics and liveness ---------------------------------------------
+    def report(self, interval: float) -> None:
+        """Emit ps_metrics and declare dead or silent workers lost (runs on the apply thread)."""
+        stale = self._interval["staleness"]
+        applies = self._interval["apply_ms"]
+        hist = Counter(stale)
+        self.events.emit(
+            "ps_metrics", version=self.version, epoch=self.epoch, samples_seen=self.samples_seen,
+            updates_per_s=round(self._interval_updates / interval, 2),
+            staleness={"p50": _pct(stale, 50), "p95": _pct(stale, 95), "max": max(stale, default=0),
+                       "hist": {str(k): v for k, v in sorted(hist.items())}},
+            dropped=self.dropped, lr=self.config.lr,
+            apply_ms=round(statistics.median(applies), 3) if applies else None,
+            live_workers=sum(w.active for w in self.workers.values()),
+        )
+        if self.config.max_staleness and stale and sum(
+                s > self.config.max_staleness for s in stale) > len(stale) / 2:
+            self._alert("warning", "staleness_high",
+                        f"most pushes in the last {interval:.0f}s were staler than "
+                        f"{self.config.max_staleness} and were dropped: use fewer workers or raise the bound")
+        self._interval = {"staleness": [], "apply_ms": []}
+        self._interval_updates = 0
+        now = time.monotonic()
+        waiting = {w for w, s in self.workers.items() if s.epoch_done >= self.epoch}
+        for index, state in self.workers.items():
+            if not state.active:
+                continue
+            if state.host == self._host and not _alive(state.pid):
+                state.lost = True
+                self._alert("error", "worker_lost", f"worker {index} (pid {state.pid}) died; the run "
+                            "goes on with the other workers", worker=index)
+                self.events.emit("process_exit", role="worker", worker=index, pid=state.pid,
+                                 code=None, reason="lost")
+            elif index not in waiting and now - state.last_seen > self.config.worker_timeout:
+                state.lost = True
+                self._alert("error", "worker_silent", f"worker {index} sent nothing for "
+                            f"{self.config.worker_timeout:.0f}s; counted as lost", worker=index)
+        self._after_worker_gone()
+
+
+def _pct(values: list[int], q: int) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def host_info() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}

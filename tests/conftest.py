@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny data made by the tests, and a guard that no child process outlives a test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine.config import RunConfig
+from engine.synth import write_synthetic
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 classes, 16x16, 1200 train / 200 val samples in 4 + 2 shards."""
+    return write_synthetic(tmp_path_factory.mktemp("data") / "tiny", num_classes=4, image_size=16,
+                           train_samples=1200, val_samples=200, train_shards=4, val_shards=2,
+                           progress=False)
+
+
+def tiny_config(data: Path, tmp: Path, **overrides) -> RunConfig:
+    """A job that trains the small CNN on tiny data in seconds on a CPU."""
+    values = dict(data=str(data), model="cnn", workers=2, epochs=2, batch_size=32, lr=0.05,
+                  loader_workers=0, runs_dir=str(tmp / "runs"), checkpoints_dir=str(tmp / "checkpoints"),
+                  grace_period=15.0, log_interval=0.5)
+    values.update(overrides)
+    return RunConfig(**values).validate()
+
+
+def adt_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "adt_tui.cli", *args]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.fixture(autouse=True)
+def no_orphans():
+    """Fail a test that leaves a child process behind; kill those children either way."""
+    yield
+    me = psutil.Process()
+    left = me.children(recursive=True)
+    for proc in left:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=5)
+    alive = [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"test left child processes behind: {[p.pid for p in left]} (alive now: {alive})"
