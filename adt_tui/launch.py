@@ -22,9 +22,10 @@ def prepare_job(config: RunConfig, out: TextIO = sys.stdout) -> None:
         print(f"first run: writing the built-in synthetic data set to {Path(DEFAULT_DATA).resolve()}",
               file=out, flush=True)
         write_synthetic(DEFAULT_DATA)
-    from engine.data import resolve_data
+    from engine.preflight import preflight
 
-    resolve_data(config.data, config.train_url, config.val_url)
+    report = preflight(config)  # which data is it really reading: printed before anything starts
+    print("\n".join(report.lines()), file=out, flush=True)
     if config.resume:
         last = Path(config.checkpoints_dir) / config.resume / "last.pt"
         if not last.is_file():

@@ -60,7 +60,8 @@ def write_shard_set(
     tmp_dir.mkdir(parents=True)
     num_shards = max(1, min(num_shards, num_samples))
     names = [f"{split}-{i:06d}.tar" for i in range(num_shards)]
-    writers = [wds.TarWriter(str(tmp_dir / name)) for name in names]
+    # mtime=0: the same samples give byte-identical shards, so content hashes are reproducible.
+    writers = [wds.TarWriter(str(tmp_dir / name), mtime=0) for name in names]
     counts = [0] * num_shards
     keys: set[str] = set()
     for i, (key, jpeg, label) in enumerate(samples):

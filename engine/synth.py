@@ -8,6 +8,7 @@ small CNN must learn real features to score well above chance, and does so in ab
 from __future__ import annotations
 
 import math
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,12 @@ def make_image(label: int, num_classes: int, size: int, rng: np.random.Generator
     return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
 
 
+def _make_sample(task: tuple[str, int, int, int, int, int]) -> tuple[str, bytes, int]:
+    split, index, label, num_classes, size, seed = task
+    rng = np.random.default_rng((seed, index))  # per-sample seed: the same data with any `jobs`
+    return f"{split}_{index:07d}", encode_jpeg(make_image(label, num_classes, size, rng)), label
+
+
 def write_synthetic(
     out_dir: str | Path,
     num_classes: int = 10,
@@ -73,6 +80,7 @@ def write_synthetic(
     val_shards: int = 2,
     seed: int = 0,
     progress: bool = True,
+    jobs: int = 1,
 ) -> Path:
     """Write `out_dir/train` and `out_dir/val` shard sets with manifests; return `out_dir`."""
     if num_classes > len(_NAMES):
@@ -87,10 +95,14 @@ def write_synthetic(
         rng = np.random.default_rng(split_seed)
         labels = rng.permutation(np.arange(count) % num_classes)  # balanced, shuffled
 
-        def samples(labels=labels, rng=rng, split=split):
-            for i, label in enumerate(labels):
-                image = make_image(int(label), num_classes, image_size, rng)
-                yield f"{split}_{i:07d}", encode_jpeg(image), int(label)
+        tasks = [(split, i, int(label), num_classes, image_size, split_seed) for i, label in enumerate(labels)]
+
+        def samples(tasks=tasks):
+            if jobs <= 1:
+                yield from map(_make_sample, tasks)
+                return
+            with multiprocessing.get_context("fork").Pool(jobs) as pool:
+                yield from pool.imap(_make_sample, tasks, chunksize=256)
 
         stream = iter_progress(samples(), count, f"synthetic {split}") if progress else samples()
         write_shard_set(out_dir / split, split, stream, count, shards, classes,

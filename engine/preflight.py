@@ -1,0 +1,147 @@
+"""Preflight: prove the data a run will read is what it claims to be, before any process starts.
+
+`engine.data.resolve_data` already checks that shards exist, are non-empty and sit beside a
+manifest, and that both splits share one class map and size. On top of that, `preflight` checks
+that the shards are readable and match the manifest's byte counts, that the first samples of every
+shard decode to images of the manifest's size with labels in range, that the model's class count
+matches, and how the shards are shared among the worker x loader readers. It reads only the first
+samples of each shard, so it stays well under a second on the built-in data.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+from .config import RunConfig
+from .data import DataSpec, Split, decode_sample, reader_plan, resolve_data
+from .errors import DataError
+
+SAMPLES_PER_SHARD = 2  # enough to catch a wrong format, size or class map; cheap on any data set
+
+
+@dataclass
+class PreflightReport:
+    """Which data a run will really read, and what to be careful about."""
+
+    spec: DataSpec
+    readers: int
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (for events.jsonl and run records)."""
+        splits = {}
+        for name, split in (("train", self.spec.train), ("val", self.spec.val)):
+            splits[name] = {"dir": str(Path(split.manifest_path).parent), "manifest": split.manifest_path,
+                            "shards": len(split.urls), "samples": split.num_samples,
+                            "content_hash": split.manifest.get("content_hash", "")}
+        return {"train": splits["train"], "val": splits["val"], "num_classes": len(self.spec.classes),
+                "image_size": list(self.spec.image_size), "fingerprint": self.spec.fingerprint(),
+                "readers": self.readers, "warnings": list(self.warnings), "seconds": self.seconds}
+
+    def lines(self) -> list[str]:
+        """The report as lines for a terminal."""
+        d = self.to_dict()
+        h, w = d["image_size"]
+        lines = [f"data ok: {d['num_classes']} classes, {w}x{h} images, fingerprint {d['fingerprint']}"]
+        for name in ("train", "val"):
+            s = d[name]
+            lines.append(f"  {name:5} {s['samples']} samples in {s['shards']} shards: {s['dir']}")
+        lines += [f"  warning: {text}" for text in self.warnings]
+        lines.append(f"  checked in {self.seconds:.2f}s")
+        return lines
+
+
+def readers_of(config: RunConfig) -> int:
+    """How many processes read training shards: workers (1 when single-process) x loader processes."""
+    return max(1, config.workers) * max(1, config.loader_workers)
+
+
+def _check_listed(split: Split, name: str, spec: str) -> list[str]:
+    """Every manifest shard must be present when a directory was given; a narrower URL is a warning."""
+    present = {Path(u).name for u in split.urls}
+    missing = [s["name"] for s in split.manifest["shards"] if s["name"] not in present]
+    if not missing:
+        return []
+    folder = Path(split.manifest_path).parent
+    if Path(spec.removeprefix("file:")).expanduser().is_dir():
+        raise DataError(f"{name} shard {folder / missing[0]} is listed in {split.manifest_path} but "
+                        f"missing ({len(missing)} of {len(split.manifest['shards'])} missing). "
+                        "Fix: restore the shard or re-create the shard set.")
+    return [(f"{name} reads {len(present)} of the {len(split.manifest['shards'])} shards in "
+            f"{split.manifest_path} ({spec}); the others are left out on purpose?")]
+
+
+def _check_shard(url: str, name: str, entry: dict[str, Any], size: tuple[int, int],
+                 num_classes: int) -> None:
+    """Readable, the manifest's byte count, and the first samples decode with in-range labels."""
+    if not os.access(url, os.R_OK):
+        raise DataError(f"{name} shard {url} is not readable. Fix: check its permissions.")
+    actual = os.path.getsize(url)
+    if "bytes" in entry and actual != entry["bytes"]:
+        raise DataError(f"{name} shard {url} is {actual} bytes, but its manifest says {entry['bytes']}; "
+                        "it was truncated or changed. Fix: re-create the shard set.")
+    try:
+        samples = list(islice(wds.tarfile_to_samples()(iter([{"url": url}])), SAMPLES_PER_SHARD))
+    except Exception as exc:
+        reason = exc.args[0] if exc.args else exc  # webdataset appends the stream and URL to args
+        raise DataError(f"{name} shard {url} is not a readable tar file ({type(exc).__name__}: {reason}). "
+                        "Fix: re-create the shard set.") from exc
+    if not samples:
+        raise DataError(f"{name} shard {url} holds no samples. Fix: re-create the shard set.")
+    for sample in samples:
+        decode_sample(sample, size, num_classes)  # its DataError names the shard and the key
+
+
+def _reader_warnings(split: Split, readers: int, config: RunConfig) -> list[str]:
+    """Describe how the training shards are shared, when they are not one-per-reader and even."""
+    shards = len(split.urls)
+    workers, loaders = max(1, config.workers), max(1, config.loader_workers)
+    who = f"{readers} readers ({workers} workers x {loaders} loader processes)"
+    if shards < readers:
+        k = -(-readers // shards)
+        return [(f"train has {shards} shards for {who}: up to {k} readers share a shard, each reading "
+                f"all of it but decoding only 1 sample in {k}, so disk reads grow {k}x. Fix: write at "
+                f"least {readers} shards (adt data prepare --shards {readers}) or use fewer loader workers.")]
+    counts = {Path(s["name"]).name: s["count"] for s in split.manifest["shards"]}
+    per_reader = [sum(counts[Path(u).name] for u in reader_plan(split.urls, r, readers)[0])
+                  for r in range(readers)]
+    if min(per_reader) * 1.25 < max(per_reader):
+        return [(f"train's {shards} shards split unevenly over {who}: {min(per_reader)} to "
+                f"{max(per_reader)} samples each per epoch. Fix: use a multiple of {readers} shards.")]
+    return []
+
+
+def preflight(config: RunConfig) -> PreflightReport:
+    """Check the run's data end to end; raise DataError on the first problem, else report it."""
+    start = time.monotonic()
+    spec = resolve_data(config.data, config.train_url, config.val_url)
+    readers = readers_of(config)
+    report = PreflightReport(spec, readers)
+    classes = spec.classes
+    if config.num_classes and config.num_classes != len(classes):
+        raise DataError(f"num_classes is {config.num_classes}, but {spec.train.manifest_path} lists "
+                        f"{len(classes)} classes. Fix: pass --num-classes {len(classes)}, or 0 to "
+                        "take it from the manifest.")
+    for name, split in (("train", spec.train), ("val", spec.val)):
+        url_spec = getattr(config, f"{name}_url") or str(Path(config.data) / name)
+        report.warnings += _check_listed(split, name, url_spec)
+        entries = {s["name"]: s for s in split.manifest["shards"]}
+        for url in split.urls:
+            _check_shard(url, name, entries[Path(url).name], spec.image_size, len(classes))
+        if split.manifest.get("split", name) != name:
+            report.warnings.append(f"{name} data {split.manifest_path} was written as the "
+                                   f"{split.manifest['split']!r} split.")
+    if set(spec.train.urls) & set(spec.val.urls):
+        report.warnings.append("validation reads training shards, so its accuracy will look better "
+                               "than it is. Fix: point --val-url at separate shards.")
+    report.warnings += _reader_warnings(spec.train, readers, config)
+    report.seconds = round(time.monotonic() - start, 3)
+    return report
