@@ -23,6 +23,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="cnn (small, fast) or resnet18 (64x64 stem)")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--epochs", type=int)
+    p.add_argument("--max-updates", type=int, help="stop after this many updates (0: all epochs)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", help="sgd or adamw")
     p.add_argument("--lr", type=float)
@@ -32,6 +33,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--staleness-policy", help="none or lr/staleness")
     p.add_argument("--max-staleness", type=int, help="drop pushes staler than this (0: no bound)")
     p.add_argument("--transfer-dtype", help="fp32 or bf16 for parameter/gradient traffic")
+    p.add_argument("--transport", help="flat (one buffer per message) or plain (per-parameter; for comparison)")
+    p.add_argument("--overlap", action="store_true", default=None,
+                   help="push step k while step k+1 computes: hides the round trip, +1 staleness")
+    p.add_argument("--ps-device", help="the parameter server's device: cpu, cuda or cuda:N")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the workers' model")
     p.add_argument("--loader-workers", type=int, help="DataLoader processes per worker (0: inline)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--eval-every", type=int, help="validate every K updates (0: once per epoch)")
@@ -110,6 +116,44 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+_LAUNCH_FLAGS = {"nnodes", "node_rank", "nproc_per_node", "master", "ifname", "dry_run"}
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from .multinode import NodePlan, launch, parse_master, prepare_run
+
+    host, port = parse_master(args.master)
+    plan = NodePlan(args.nnodes, args.node_rank, args.nproc_per_node, host, port, args.ifname).validate()
+    config = config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                                    if k not in _LAUNCH_FLAGS}))
+    # Only node 0 has a run dir: other nodes' workers get the config from the PS.
+    run_dir = prepare_run(config, plan, args.workers, sys.stdout) if plan.node_rank == 0 else None
+    return launch(plan, run_dir, config.grace_period, dry_run=args.dry_run)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .history import list_runs, runs_table
+
+    runs = list_runs(args.runs_dir, args.checkpoints_dir)
+    print(json.dumps([r.to_dict() for r in runs], indent=1) if args.json else runs_table(runs))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    png, html, summary = write_report(args.run_ids, args.runs_dir, args.out)
+    print(summary)
+    print(f"wrote {png}\nwrote {html}")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from .history import clean
+
+    return clean(args.runs_dir, args.checkpoints_dir, args.run_ids, args.state, args.older_than, args.yes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adt", description="Asynchronous distributed training you can see and trust.")
     sub = parser.add_subparsers(dest="command")
@@ -153,6 +197,41 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="check the data a run would read (exit 2 on a problem)")
     _run_flags(check)
     check.set_defaults(func=cmd_check)
+
+    launch = sub.add_parser("launch", help="run this machine's share of a multi-node job under torchrun")
+    _run_flags(launch)
+    launch.add_argument("--nnodes", type=int, default=1, help="machines in the job")
+    launch.add_argument("--node-rank", type=int, default=0, help="this machine: 0 (runs the PS) .. N-1")
+    launch.add_argument("--nproc-per-node", type=int, default=2,
+                        help="processes on each machine (node 0's first is the PS; the same on every node)")
+    launch.add_argument("--master", default="127.0.0.1:29500",
+                        help="HOST:PORT of node 0, reachable from every node (default 127.0.0.1:29500)")
+    launch.add_argument("--ifname", default="", help="network interface RPC uses (e.g. eth0)")
+    launch.add_argument("--dry-run", action="store_true",
+                        help="print the torchrun commands (node 0: write the run dir) and exit")
+    launch.set_defaults(func=cmd_launch)
+
+    runs = sub.add_parser("runs", help="list runs, newest first")
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
+    runs.add_argument("--runs-dir", default="runs")
+    runs.add_argument("--checkpoints-dir", default="checkpoints")
+    runs.set_defaults(func=cmd_runs)
+
+    report = sub.add_parser("report", help="plot runs for comparison (PNG + HTML) and summarize them")
+    report.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    report.add_argument("--out", help="PNG path (default reports/<ids>.png); the HTML goes beside it")
+    report.add_argument("--runs-dir", default="runs")
+    report.set_defaults(func=cmd_report)
+
+    clean = sub.add_parser("clean", help="remove runs and their checkpoints (never a running one)")
+    clean.add_argument("run_ids", nargs="*", metavar="RUN_ID")
+    clean.add_argument("--state", help="only runs in this state: finished, stopped, failed, diverged, "
+                                       "crashed or new")
+    clean.add_argument("--older-than", metavar="AGE", help="only runs started more than AGE ago (7d, 12h)")
+    clean.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    clean.add_argument("--runs-dir", default="runs")
+    clean.add_argument("--checkpoints-dir", default="checkpoints")
+    clean.set_defaults(func=cmd_clean)
     return parser
 
 

@@ -7,16 +7,18 @@ no torch, so the CLI and the monitor can check a config in milliseconds.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 MODELS = ("cnn", "resnet18")
 OPTIMIZERS = ("sgd", "adamw")
 STALENESS_POLICIES = ("none", "lr/staleness")
 DEVICES = ("auto", "cpu", "cuda")
 TRANSFER_DTYPES = ("fp32", "bf16")
+TRANSPORTS = ("flat", "plain")
 DEFAULT_DATA = "data/synthetic"
 
 
@@ -41,6 +43,7 @@ class RunConfig:
     model: str = "cnn"
     num_classes: int = 0  # 0: take it from the data manifest
     epochs: int = 3
+    max_updates: int = 0  # stop after this many applied updates (0: run all epochs)
     batch_size: int = 64
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -51,9 +54,13 @@ class RunConfig:
     staleness_policy: str = "none"
     max_staleness: int = 0  # 0: no bound
     transfer_dtype: str = "fp32"
+    overlap: bool = False  # push step k while step k+1 computes (hides the round trip; +1 staleness)
+    transport: str = "flat"  # plain: one tensor per parameter, separate pull and push (for benchmarks)
     # input pipeline and devices
     loader_workers: int = 1
-    device: str = "cpu"
+    device: str = "cpu"  # the workers' (and the single process's) device
+    ps_device: str = "cpu"  # the parameter server's; cuda puts the global model on a GPU
+    compile: bool = False  # torch.compile the workers' model
     # evaluation, checkpoints, health
     eval_every: int = 0  # updates between validations; 0: once per epoch
     stop_on_divergence: bool = False
@@ -103,8 +110,12 @@ class RunConfig:
             bad("optimizer", f"is {self.optimizer!r}", f"use one of {OPTIMIZERS}")
         if self.staleness_policy not in STALENESS_POLICIES:
             bad("staleness_policy", f"is {self.staleness_policy!r}", f"use one of {STALENESS_POLICIES}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            bad("device", f"is {self.device!r}", "use auto, cpu, cuda or cuda:N")
+        for name in ("device", "ps_device"):
+            value = getattr(self, name)
+            if value not in DEVICES and not (value.startswith("cuda:") and value[5:].isdigit()):
+                bad(name, f"is {value!r}", "use auto, cpu, cuda or cuda:N")
+        if self.transport not in TRANSPORTS:
+            bad("transport", f"is {self.transport!r}", f"use one of {TRANSPORTS}")
         if self.transfer_dtype not in TRANSFER_DTYPES:
             bad("transfer_dtype", f"is {self.transfer_dtype!r}", f"use one of {TRANSFER_DTYPES}")
         if not self.lr > 0:
@@ -114,7 +125,7 @@ class RunConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 bad(name, f"is {getattr(self, name)}, but it must be at least 1", f"pass a positive {name}")
-        for name in ("num_classes", "momentum", "weight_decay", "max_staleness", "eval_every",
+        for name in ("num_classes", "max_updates", "momentum", "weight_decay", "max_staleness", "eval_every",
                      "loader_workers", "chance_warmup_evals", "port"):
             if getattr(self, name) < 0:
                 bad(name, f"is {getattr(self, name)}, but it cannot be negative", f"pass {name} >= 0")

@@ -34,8 +34,7 @@ __all__ = ["DataError"]  # re-exported: callers catch engine.data.DataError
 def expand_urls(spec: str) -> list[str]:
     """`file:dir/train-{000000..000003}.tar`, a plain path, or a directory -> absolute tar paths."""
     spec = spec.strip()
-    if spec.startswith("file:"):
-        spec = spec[len("file:"):]
+    spec = spec.removeprefix("file:")
     if "://" in spec:
         raise DataError(f"data URL {spec!r} is remote; adt reads local shards only. "
                         "Fix: copy the shards to this machine and pass their path.")

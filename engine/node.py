@@ -25,6 +25,7 @@ from typing import Any
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, RunConfig
 from .data import DataError, Split, resolve_data
+from .datacheck import local_copy_problem, worker_shards
 from .events import EventWriter
 from .fingerprint import startup_fingerprint
 
@@ -71,7 +72,6 @@ def load_resume(config: RunConfig, meta: dict[str, Any], model_shapes: dict[str,
 def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, port: int,
                stop: threading.Event) -> int:
     """The PS (world_size > 1) or the single process (world_size == 1)."""
-    import torch
 
     from . import transport
     from .server import ParameterServer, resolve_device
@@ -87,7 +87,7 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
     checkpoint_dir = Path(config.checkpoints_dir).resolve() / config.run_id
     meta = {"run_id": config.run_id, "code": startup_fingerprint(), "data_fingerprint": spec.fingerprint(),
             "data": spec.describe(), "started": time.time()}
-    device = resolve_device(config.device) if single else torch.device("cpu")
+    device = resolve_device(config.device if single else config.ps_device)
     from .models import build_model
 
     shapes = {k: list(v.shape) for k, v in build_model(config.model, len(spec.classes)).state_dict().items()}
@@ -132,9 +132,9 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
                                                           server.stop_requested.is_set() else "failed")
     if outcome == "failed" and not failure and server.outcome is None:
         outcome = "failed"
-    if outcome != "finished":
-        server.call(lambda: server.checkpoint("last"))
-    message = {"finished": "all epochs done", "stopped": "stopped on request",
+    server.call(lambda: server.finish(validate=outcome == "finished"))
+    done = "all epochs done" if server.epoch >= config.epochs else f"{server.version} updates done"
+    message = {"finished": done, "stopped": "stopped on request",
                "diverged": "stopped: training diverged"}.get(outcome, "")
     if failure:
         message = f"training failed: {failure[0]!r}"
@@ -162,6 +162,14 @@ def run_worker_process(rank: int, world_size: int, host: str, port: int, stop: t
         job = client.job()
         config = RunConfig.from_dict(job["config"])
         train = Split(job["train_urls"], job["train_manifest"], job["train_manifest_path"])
+        problem = local_copy_problem(train, worker_shards(train.urls, worker, job["num_workers"],
+                                                          config.loader_workers))
+        if problem:  # on another machine: never train on other data than the PS validates on
+            _log(f"worker{worker}", f"refusing to train: {problem}")
+            client.register({"rank": rank, "pid": os.getpid(), "host": socket.gethostname(),
+                             "data_problem": problem})
+            transport.shutdown()
+            return EXIT_BAD_INPUT
         reason = run_worker(client, config, train, worker, job["num_workers"], rank, stop)
         _log(f"worker{worker}", f"leaving: {reason}")
         client.leave(reason)

@@ -40,23 +40,25 @@ from .models import build_model
 class FlatModel:
     """A model whose parameters, gradients and float buffers are views into one flat tensor each.
 
-    One flat tensor moves over RPC as one message instead of one per layer.
+    One flat tensor moves over RPC as one message instead of one per layer. 4-D weights are laid
+    out channels_last inside the buffer (on every device), so GPU convolutions need no copies.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         params = list(model.parameters())
-        self.params = torch.cat([p.detach().reshape(-1) for p in params])
+        device = params[0].device
+        self.params = torch.zeros(sum(p.numel() for p in params), device=device)
         self.grads = torch.zeros_like(self.params)
         offset = 0
         for p in params:
             n = p.numel()
-            p.data = self.params[offset:offset + n].view_as(p)
-            p.grad = self.grads[offset:offset + n].view_as(p)
+            p.data = _view(self.params[offset:offset + n], p.shape).copy_(p.detach())
+            p.grad = _view(self.grads[offset:offset + n], p.shape)
             offset += n
-        self.buffer_list = [b for b in model.buffers() if b.is_floating_point()]
-        self.buffers = (torch.cat([b.reshape(-1) for b in self.buffer_list])
-                        if self.buffer_list else torch.zeros(0, device=self.params.device))
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self.buffers = (torch.cat([b.reshape(-1) for b in buffers]) if buffers
+                        else torch.zeros(0, device=device))
         offset = 0
         for module in model.modules():
             for name, b in list(module.named_buffers(recurse=False)):
@@ -64,21 +66,35 @@ class FlatModel:
                     n = b.numel()
                     setattr(module, name, self.buffers[offset:offset + n].view_as(b))
                     offset += n
+        self.named_params = dict(model.named_parameters())
 
     def zero_grad(self) -> None:
         self.grads.zero_()
 
 
-def make_optimizer(config: RunConfig, params: Any) -> torch.optim.Optimizer:
+def _view(flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    # The layout inside the buffer must not depend on the device: a CPU PS and GPU workers
+    # exchange raw buffers.
+    if len(shape) == 4:
+        o, i, h, w = shape
+        return flat.view(o, h, w, i).permute(0, 3, 1, 2)
+    return flat.view(shape)
+
+
+def make_optimizer(config: RunConfig, params: Any, device: torch.device) -> torch.optim.Optimizer:
+    fused = device.type == "cuda"  # one kernel for the whole update instead of one per tensor
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+                           weight_decay=config.weight_decay, fused=fused)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, worker: int | None = None) -> torch.device:
+    """`auto` picks CUDA when present; workers on plain `cuda` spread over the GPUs, one each."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and worker is not None:
+        return torch.device("cuda", worker % max(1, torch.cuda.device_count()))
     return torch.device(name)
 
 
@@ -116,10 +132,11 @@ class ParameterServer:
         self.num_classes = len(data.classes)
         self.flat = FlatModel(build_model(config.model, self.num_classes).to(device))
         self.model = self.flat.model
-        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.optimizer = make_optimizer(config, self.model.parameters(), device)
         self.version, self.epoch, self.samples_seen = 0, 0, 0
         self.best_val_acc: float | None = None
         self.last_val: dict[str, Any] | None = None
+        self._checkpointed_version = -1
         if resume:
             self._load_state(resume)
         self.health = Health(self.num_classes, config.chance_warmup_evals)
@@ -148,8 +165,18 @@ class ParameterServer:
 
     def push(self, worker: int, base_version: int, grads: torch.Tensor, buffers: torch.Tensor,
              samples: int, metrics: dict[str, Any] | None, reply_params: bool = True) -> torch.futures.Future:
+        if isinstance(grads, torch.Tensor) and grads.is_cuda and grads is not self.flat.grads:
+            # RPC delivered the tensor on this thread's current stream; the apply thread uses
+            # another, so wait here (on an RPC thread) until it has fully arrived.
+            torch.cuda.current_stream(grads.device).synchronize()
         return self._submit(lambda: self._apply_push(worker, base_version, grads, buffers, samples,
                                                      metrics, reply_params))
+
+    def pull(self) -> torch.futures.Future:
+        """The plain transport's separate pull: every parameter as its own CPU tensor."""
+        return self._submit(lambda: Reply(self.version, {n: p.detach().cpu().clone() for n, p in
+                                                         self.flat.named_params.items()},
+                                          self.outcome is not None or self.stop_requested.is_set()))
 
     def epoch_done(self, worker: int, epoch: int) -> torch.futures.Future:
         future: torch.futures.Future = torch.futures.Future()
@@ -185,6 +212,10 @@ class ParameterServer:
 
     # --- the algorithm (apply thread only) ----------------------------------------------------
     def _register(self, worker: int, info: dict[str, Any]) -> dict[str, Any]:
+        if info.get("data_problem"):  # its node's copy of the data differs: keep it out of the job
+            self._alert("error", "data_mismatch", f"worker {worker} (host {info.get('host')}) "
+                        f"refused to train: {info['data_problem']}", worker=worker)
+            return {"version": self.version, "epoch": self.epoch, "params": None, "stop": True}
         self.workers[worker] = WorkerState(pid=info["pid"], host=info["host"])
         self.events.emit("worker_join", worker=worker, **info)
         if info.get("code_fingerprint") != self.meta["code"]["fingerprint"]:
@@ -207,13 +238,18 @@ class ParameterServer:
         if not applied:
             self.dropped += 1  # too stale to help: count it and send fresh parameters
         else:
-            if grads is not self.flat.grads:  # the single-process path shares its gradient buffer
+            if isinstance(grads, dict):  # the plain transport: one tensor per parameter
+                for name, grad in grads.items():
+                    self.flat.named_params[name].grad.copy_(grad)
+            elif grads is not self.flat.grads:  # the single-process path shares its gradient buffer
                 self.flat.grads.copy_(grads, non_blocking=True)
             scale = 1.0 / max(1, staleness) if self.config.staleness_policy == "lr/staleness" else 1.0
             for group in self.optimizer.param_groups:
                 group["lr"] = self.config.lr * scale
             self.optimizer.step()
             self.version += 1
+            if self.config.max_updates and self.version >= self.config.max_updates and self.outcome is None:
+                self.outcome = "finished"  # a fixed budget of updates (benchmarks, smoke tests)
             self._interval_updates += 1
             self.samples_seen += samples
         state.buffers = buffers
@@ -228,9 +264,12 @@ class ParameterServer:
         if applied and self.config.eval_every and self.version % self.config.eval_every == 0:
             self._validate()
         params = None
-        if reply_params:
+        if reply_params:  # back where the push came from: GPU to GPU when device maps are set
             dtype = torch.bfloat16 if self.config.transfer_dtype == "bf16" else torch.float32
-            params = self.flat.params.to("cpu", dtype=dtype, copy=True)
+            where = grads.device if isinstance(grads, torch.Tensor) and grads.is_cuda else "cpu"
+            params = self.flat.params.to(where, dtype=dtype, copy=True)
+            if params.is_cuda:  # RPC sends it from another thread: the copy must be done by then
+                torch.cuda.current_stream(params.device).synchronize()
         return Reply(self.version, params, self.outcome is not None or self.stop_requested.is_set())
 
     def _epoch_done(self, worker: int, epoch: int, future: torch.futures.Future) -> None:
@@ -283,7 +322,7 @@ class ParameterServer:
     def _validate(self) -> dict[str, Any] | None:
         self._sync_buffers()
         result = evaluate(self.model, self.data.val, self.device, self.config.loader_workers)
-        self.last_val = result
+        self.last_val = {**result, "version": self.version}
         self.events.emit("validation", version=self.version, epoch=self.epoch,
                          samples_seen=self.samples_seen, chance=1 / self.num_classes, **result)
         for alert in self.health.validation(result["loss"], result["acc"], result["count"]):
@@ -291,6 +330,17 @@ class ParameterServer:
             if self.config.stop_on_divergence and self.health.diverged():
                 self.outcome = "diverged"
         return result
+
+    def finish(self, validate: bool) -> None:
+        """Last steps of a run (apply thread): validate the final model if asked and not yet
+        done at this version, and make sure `last` holds the final version."""
+        if validate and (self.last_val is None or self.last_val.get("version") != self.version):
+            result = self._validate()
+            if self.best_val_acc is None or result["acc"] >= self.best_val_acc:
+                self.best_val_acc = result["acc"]
+                self.checkpoint("best")
+        if self._checkpointed_version != self.version:
+            self.checkpoint("last")
 
     def checkpoint(self, tag: str) -> None:
         """Write checkpoints/<run>/<tag>.pt atomically; a failure is an alert, not a crash."""
@@ -313,6 +363,8 @@ class ParameterServer:
             self._alert("error", "checkpoint_failed", str(exc))
             return
         acc = self.last_val["acc"] if self.last_val else None
+        if tag == "last":
+            self._checkpointed_version = self.version
         self.events.emit("checkpoint", tag=tag, path=str(path), version=self.version,
                          epoch=self.epoch, val_acc=acc)
 

@@ -77,7 +77,7 @@ def write_shard_set(
     if sum(counts) != num_samples:
         raise ValueError(f"expected {num_samples} samples, got {sum(counts)}")
     shards = []
-    for name, count in zip(names, counts):
+    for name, count in zip(names, counts, strict=True):
         path = tmp_dir / name
         shards.append({"name": name, "count": count, "bytes": path.stat().st_size,
                        "sha256": _sha256(path)})

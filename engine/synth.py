@@ -17,7 +17,7 @@ from PIL import Image
 from .shards import encode_jpeg, iter_progress, write_shard_set
 
 # Names in the spirit of ImageNet wnids so the whole pipeline sees realistic class maps.
-_NAMES = ["n%08d" % (1440764 + 7919 * i) for i in range(1000)]
+_NAMES = [f"n{1440764 + 7919 * i:08d}" for i in range(1000)]
 
 
 def _class_style(label: int, num_classes: int, rng: np.random.Generator) -> dict[str, float]:

@@ -12,19 +12,32 @@ import os
 from typing import Any
 
 import torch
-import torch.distributed.rpc as rpc
+from torch.distributed import rpc
 
-from .server import ParameterServer, Reply
+from .server import ParameterServer, Reply, resolve_device
 
 PS_NAME = "ps"
 _server: ParameterServer | None = None  # set in the PS process by serve()
 
 
 def init(rank: int, world_size: int, host: str, port: int, timeout: float = 120.0) -> None:
-    """Join the RPC group: rank 0 is the PS, rank k > 0 is worker k-1."""
+    """Join the RPC group: rank 0 is the PS, rank k > 0 is worker k-1.
+
+    When both the worker's device (ADT_DEVICE) and the PS's (ADT_PS_DEVICE) are GPUs, a device
+    map lets TensorPipe move gradients and parameters GPU to GPU, with no host round trip.
+    """
     options = rpc.TensorPipeRpcBackendOptions(
         init_method=f"tcp://{host}:{port}", rpc_timeout=timeout, num_worker_threads=16)
     name = PS_NAME if rank == 0 else f"worker{rank - 1}"
+    ps_device = os.environ.get("ADT_PS_DEVICE", "cpu")
+    if ps_device.startswith("cuda"):
+        ps_device = ps_device if ":" in ps_device else "cuda:0"
+        if rank == 0:
+            options.set_devices([ps_device])
+        else:
+            device = os.environ.get("ADT_DEVICE", "cpu")
+            if device.startswith("cuda"):
+                options.set_device_map(PS_NAME, {str(resolve_device(device, rank - 1)): ps_device})
     rpc.init_rpc(name, rank=rank, world_size=world_size, rpc_backend_options=options)
 
 
@@ -56,6 +69,11 @@ def _push(worker: int, base_version: int, grads: torch.Tensor, buffers: torch.Te
 
 
 @rpc.functions.async_execution
+def _pull() -> torch.futures.Future:
+    return _server.pull()
+
+
+@rpc.functions.async_execution
 def _epoch_done(worker: int, epoch: int) -> torch.futures.Future:
     return _server.epoch_done(worker, epoch)
 
@@ -81,7 +99,14 @@ class RpcClient:
 
     def push(self, base_version: int, grads: torch.Tensor, buffers: torch.Tensor, samples: int,
              metrics: dict[str, Any] | None) -> Reply:
-        return rpc.rpc_sync(PS_NAME, _push, args=(self.worker, base_version, grads, buffers, samples, metrics))
+        return self.push_async(base_version, grads, buffers, samples, metrics).wait()
+
+    def push_async(self, base_version: int, grads: torch.Tensor, buffers: torch.Tensor, samples: int,
+                   metrics: dict[str, Any] | None) -> torch.futures.Future:
+        return rpc.rpc_async(PS_NAME, _push, args=(self.worker, base_version, grads, buffers, samples, metrics))
+
+    def pull(self) -> Reply:
+        return rpc.rpc_sync(PS_NAME, _pull)
 
     def epoch_done(self, epoch: int) -> bool:
         # Waiting at the epoch barrier includes the PS's validation, so no RPC timeout here.

@@ -31,15 +31,15 @@ class Meter:
 
     def reset(self) -> None:
         self.loss = self.correct = self.count = 0.0
-        self.timing: dict[str, list[float]] = {"data": [], "compute": [], "push_pull": []}
+        self.timing: dict[str, list[float]] = {}
         self.since = time.monotonic()
 
-    def add(self, loss: float, correct: int, n: int, data_s: float, compute_s: float, push_s: float) -> None:
+    def add(self, loss: float, correct: int, n: int, **seconds: float) -> None:
         self.loss += loss * n
         self.correct += correct
         self.count += n
-        for key, value in (("data", data_s), ("compute", compute_s), ("push_pull", push_s)):
-            self.timing[key].append(1000 * value)
+        for key, value in seconds.items():
+            self.timing.setdefault(key, []).append(1000 * value)
 
     def report(self, epoch: int, step: int, samples: int) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.since, 1e-9)
@@ -48,35 +48,43 @@ class Meter:
             "loss": self.loss / max(self.count, 1), "acc": self.correct / max(self.count, 1),
             "images_per_s": round(self.count / elapsed, 1),
             "timing": {k: round(statistics.median(v), 3) for k, v in self.timing.items() if v},
+            "timing_p95": {k: round(_p95(v), 3) for k, v in self.timing.items() if v},
         }
         self.reset()
         return metrics
 
 
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
 def worker_info(worker: int, rank: int, device: torch.device, shards: list[str], loader_workers: int) -> dict[str, Any]:
     return {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "device": str(device),
             "code_fingerprint": startup_fingerprint()["fingerprint"], "shards": shards,
-            "loader_workers": loader_workers}
+            "loader_workers": loader_workers,
+            # Where it runs in a torchrun job (GROUP_RANK is the node); one machine: node 0.
+            "node": int(os.environ.get("GROUP_RANK", "0")),
+            "local_rank": int(os.environ.get("LOCAL_RANK", str(rank)))}
 
 
 def run_worker(client: Any, config: RunConfig, train: Split, worker: int, workers: int, rank: int,
                stop: threading.Event, model: FlatModel | None = None) -> str:
     """Train until the PS says stop, the epochs run out, or `stop` is set; returns why it ended."""
-    device = resolve_device(config.device)
-    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
-        device = torch.device("cuda", worker % torch.cuda.device_count())  # one worker per GPU
+    device = resolve_device(config.device, worker)
     stream = ShardStream(train, worker, workers, config.loader_workers, config.batch_size,
                          train=True, seed=config.seed)
     shards = [u for u in train.urls if u in _my_shards(stream)]
     reply = client.register(worker_info(worker, rank, device, shards, config.loader_workers))
     flat = model or FlatModel(build_model(config.model, len(train.manifest["classes"])).to(device))
+    forward = torch.compile(flat.model) if config.compile else flat.model
     if not client.shares_model:
         flat.params.copy_(reply["params"])
-    version, epoch, step, samples = reply["version"], reply["epoch"], 0, 0
+    epoch, step, samples = reply["epoch"], 0, 0
+    link = Exchange(client, flat, config, reply["version"])
     loss_fn = nn.CrossEntropyLoss()
     meter = Meter()
     next_report = time.monotonic() + config.log_interval
-    transfer = torch.bfloat16 if config.transfer_dtype == "bf16" else torch.float32
     flat.model.train()
     if reply["stop"]:
         return "stopped by the parameter server"
@@ -89,12 +97,13 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
             if batch is None:
                 break
             if stop.is_set():
+                link.drain()
                 return "signal"
             images, labels = (t.to(device, non_blocking=True) for t in batch)
             t1 = time.perf_counter()
             flat.zero_grad()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = flat.model(normalize(images).contiguous(memory_format=torch.channels_last))
+                logits = forward(normalize(images).contiguous(memory_format=torch.channels_last))
                 loss = loss_fn(logits.float(), labels)
             loss.backward()
             correct = (logits.argmax(1) == labels).sum()
@@ -106,19 +115,77 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
             if time.monotonic() >= next_report:
                 metrics = meter.report(epoch, step, samples)
                 next_report = time.monotonic() + config.log_interval
-            grads = flat.grads if client.shares_model else flat.grads.to("cpu", transfer)
-            answer = client.push(version, grads, flat.buffers.cpu() if not client.shares_model
-                                 else flat.buffers, labels.numel(), metrics)
-            if answer.params is not None:
-                flat.params.copy_(answer.params, non_blocking=True)
-            version = answer.version
-            meter.add(loss_value, correct_value, labels.numel(), t1 - t0, t2 - t1, time.perf_counter() - t2)
-            if answer.stop:
+            stop_now, push_s, pull_s = link.step(labels.numel(), metrics)
+            meter.add(loss_value, correct_value, labels.numel(), data=t1 - t0, compute=t2 - t1,
+                      push_pull=push_s, **({"pull": pull_s} if pull_s else {}))
+            if stop_now:
+                link.drain()
                 return "stopped by the parameter server"
+        if link.drain():
+            return "stopped by the parameter server"
         if client.epoch_done(epoch):
             return "finished" if epoch + 1 >= config.epochs else "stopped by the parameter server"
         epoch += 1
     return "finished"
+
+
+class Exchange:
+    """Pushes each gradient to the PS and loads the parameters it sends back.
+
+    adt's transport: one flat buffer each way in one round trip, left on the GPU when the PS is
+    on one too (TensorPipe device maps). With `overlap`, the push of step k is in flight while
+    step k+1 computes (on parameters one round older), so the round trip hides behind compute.
+    The plain transport, kept for benchmarks: one fp32 CPU tensor per parameter, push then pull.
+    """
+
+    def __init__(self, client: Any, flat: FlatModel, config: RunConfig, version: int) -> None:
+        self.client, self.flat, self.config = client, flat, config
+        self.version = version  # of the parameters now in flat.params
+        self.pending: Any = None  # the push in flight (overlap only)
+        self.overlap = config.overlap and not client.shares_model and config.transport == "flat"
+        self.dtype = torch.bfloat16 if config.transfer_dtype == "bf16" else torch.float32
+        self.on_gpu = flat.grads.is_cuda and config.ps_device.startswith("cuda")
+
+    def step(self, samples: int, metrics: dict[str, Any] | None) -> tuple[bool, float, float]:
+        """Push this step's gradient; returns (PS says stop, seconds blocked pushing, pulling)."""
+        start = time.perf_counter()
+        flat, client = self.flat, self.client
+        buffers = flat.buffers if client.shares_model else flat.buffers.detach().cpu()
+        if client.shares_model:
+            reply = client.push(self.version, flat.grads, buffers, samples, metrics)
+            self.version = reply.version
+            return reply.stop, time.perf_counter() - start, 0.0
+        if self.config.transport == "plain":
+            grads = {name: p.grad.detach().cpu() for name, p in flat.named_params.items()}
+            client.push(self.version, grads, buffers, samples, metrics)
+            pushed = time.perf_counter()
+            reply = client.pull()
+            for name, value in reply.params.items():
+                flat.named_params[name].data.copy_(value)
+            self.version = reply.version
+            return reply.stop, pushed - start, time.perf_counter() - pushed
+        # A copy: the next backward overwrites flat.grads while this one may still be in flight.
+        grads = flat.grads.to(flat.grads.device if self.on_gpu else "cpu", self.dtype, copy=True)
+        base = self.version
+        stop = self.drain() if self.overlap else False
+        future = client.push_async(base, grads, buffers, samples, metrics)
+        if self.overlap:
+            self.pending = future
+        else:
+            stop = self._load(future.wait())
+        return stop, time.perf_counter() - start, 0.0
+
+    def drain(self) -> bool:
+        """Wait for the push in flight, if any, and load its parameters; returns the PS's stop."""
+        if self.pending is None:
+            return False
+        future, self.pending = self.pending, None
+        return self._load(future.wait())
+
+    def _load(self, reply: Any) -> bool:
+        self.flat.params.copy_(reply.params, non_blocking=True)
+        self.version = reply.version
+        return reply.stop
 
 
 def _my_shards(stream: ShardStream) -> set[str]:

@@ -1,0 +1,51 @@
+"""Does this node's copy of the training data match the parameter server's?
+
+On several machines every node reads the shard paths the PS sent, from a shared filesystem or
+from a local copy. A copy that differs (another version of the data set, a truncated download)
+would silently train on other data, so a worker checks its copy before its first step: the
+manifest beside its shards must have the PS's content hash, and each shard it reads must exist
+with the size that manifest lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .data import Split, reader_plan
+from .shards import MANIFEST
+
+
+def worker_shards(urls: list[str], worker: int, workers: int, loader_workers: int) -> list[str]:
+    """The shards one worker reads, in the PS's order (its loader processes split them further)."""
+    per_worker = max(1, loader_workers)
+    mine: set[str] = set()
+    for local in range(per_worker):
+        mine.update(reader_plan(urls, worker * per_worker + local, workers * per_worker)[0])
+    return [u for u in urls if u in mine]
+
+
+def local_copy_problem(split: Split, shards: list[str]) -> str | None:
+    """None if this node's copy of `shards` matches the PS's manifest, else one readable sentence."""
+    expected = split.manifest.get("content_hash")
+    manifest_path = Path(shards[0]).parent / MANIFEST if shards else Path(split.manifest_path)
+    try:
+        local = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        return (f"cannot read this node's data manifest {manifest_path} ({exc}). Fix: copy the "
+                "shard set (with its manifest.json) to the same path on every node.")
+    if local.get("content_hash") != expected:
+        return (f"this node's data differs from the parameter server's: {manifest_path} has "
+                f"content hash {str(local.get('content_hash'))[:12]}, the PS's has "
+                f"{str(expected)[:12]}. Fix: copy the PS's shard set to this node.")
+    sizes = {s["name"]: s.get("bytes") for s in split.manifest.get("shards", [])}
+    for url in shards:
+        want = sizes.get(Path(url).name)
+        if not os.path.isfile(url):
+            return f"shard {url} is missing on this node. Fix: copy the PS's shard set to this node."
+        have = os.path.getsize(url)
+        if want is not None and have != want:
+            return (f"shard {url} is {have} bytes on this node but the manifest says {want}. "
+                    "Fix: copy the PS's shard set to this node again.")
+    return None
