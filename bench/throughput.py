@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-samples", type=int, default=6000)
     p.add_argument("--val-samples", type=int, default=1000)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--overlap", action="store_true", help="push step k while step k+1 computes")
     p.add_argument("--workdir", default="bench-out")
     p.add_argument("--out", default="", help="JSON results file (default WORKDIR/throughput.json)")
     args = p.parse_args(argv)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                        args.val_samples, shards)
     base = dict(data=str(data), model=args.model, batch_size=args.batch, device=args.device,
                 ps_device=args.ps_device, transfer_dtype=args.transfer_dtype,
-                compile=args.compile, lr=0.05, epochs=1000,
+                compile=args.compile, overlap=args.overlap, lr=0.05, epochs=1000,
                 runs_dir=str(work / "runs"), checkpoints_dir=str(work / "checkpoints"), log_interval=1.0)
     rows = []
     for n in counts:

@@ -1,0 +1,466 @@
+"""The adt monitor: runs a job (or watches one), shows every process live, catches stale code.
+
+Data flows one way: the supervisor starts processes; they write runs/<id>/events.jsonl; a timer
+tails that file into a `RunState` (adt_tui/state.py) and redraws the panels from it at most
+`TICK` times a second, however fast events arrive. Stops run in a thread so the screen never
+freezes for a grace period. Source watching lives in adt_tui/watcher.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid
+from textual.widgets import Footer
+
+from engine.config import RunConfig
+from engine.events import EventTail
+from engine.fingerprint import PROJECT_ROOT, SOURCE_DIRS, source_hash
+
+from .messages import JobStopped, SourceChanged
+from .panels import AlertBar, HeaderInfo, LogView, RunHeader, ServerPanel, WorkerPanel, header_text
+from .procstats import ProcStats, Usage
+from .screens import Choice, ChoiceScreen, HelpScreen, confirm
+from .state import RunState
+from .supervisor import Supervisor
+from .watcher import SourceWatcher
+
+TICK = 0.25  # seconds between redraws: fast enough to feel live, slow enough to stay cheap
+INGEST_BUDGET = 0.03  # seconds of event parsing per slice, so a backlog never freezes the screen
+INGEST_BYTES = 64 * 1024
+STATS_EVERY = 1.0  # psutil sampling interval (cpu_percent needs a span to measure over)
+
+
+def default_source_dirs() -> list[Path]:
+    """engine/ and adt_tui/ of this checkout: the code a job imports."""
+    return [PROJECT_ROOT / d for d in SOURCE_DIRS]
+
+
+def fingerprint(paths: Sequence[Path]) -> str:
+    """The same hash the engine records (engine/fingerprint.py), over the watched directories."""
+    return source_hash([p for p in paths if p.is_dir()])
+
+
+class AdtApp(App[int]):
+    """Owns a job (`config=`) or watches one (`run_dir=`); exits with the run's exit code."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "adt"
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("r", "restart", "Restart", tooltip="Restart the job with the current code "
+                "(asks: resume from the last checkpoint or start fresh)"),
+        Binding("s", "stop", "Stop", tooltip="Stop the job: graceful (final checkpoint), then "
+                "forced after the grace period; the monitor stays open"),
+        Binding("l", "toggle_log", "Logs", tooltip="Show or hide the log view (tabs pick the process)"),
+        Binding("question_mark", "help", "Help", key_display="?", tooltip="This help"),
+        Binding("q", "quit_monitor", "Quit", tooltip="Quit; asks whether to stop a running job "
+                "or leave it running in the background"),
+        Binding("tab", "focus_next", "Next panel", show=False, tooltip="Move to the next panel"),
+        Binding("shift+tab", "focus_previous", "Previous panel", show=False,
+                tooltip="Move to the previous panel"),
+        Binding("right,down", "focus_next", "Next panel", show=False, key_display="→ ↓",
+                tooltip="Move to the next panel (when the focused widget does not use the key)"),
+        Binding("left,up", "focus_previous", "Previous panel", show=False, key_display="← ↑",
+                tooltip="Move to the previous panel"),
+        Binding("ctrl+q", "quit_monitor", "Quit", show=False, tooltip="Same as q"),
+    ]
+
+    def __init__(self, config: RunConfig | None = None, *, run_dir: str | Path | None = None,
+                 watch: Iterable[str | Path] = (), source_dirs: Iterable[str | Path] | None = None,
+                 restart_on_change: bool = False, clock: Callable[[], float] = time.time,
+                 python: str | None = None) -> None:
+        """Give `config` to start and own a job, or `run_dir` to watch an existing one.
+
+        `source_dirs` replaces the watched source directories (tests watch a temp dir);
+        `watch` adds paths; `clock` is the wall clock for elapsed time (frozen in snapshots).
+        """
+        super().__init__()
+        if (config is None) == (run_dir is None):
+            raise ValueError("pass exactly one of config (start a job) or run_dir (watch one)")
+        self.config = config
+        dirs = default_source_dirs() if source_dirs is None else [Path(d) for d in source_dirs]
+        self.source_paths = [p.resolve() for p in (*dirs, *map(Path, watch))]
+        self.restart_on_change = restart_on_change
+        self.clock = clock
+        self.python = python
+        self.supervisor: Supervisor | None = Supervisor.attach(run_dir) if run_dir else None
+        self.state = RunState()
+        self.tail: EventTail | None = None
+        self.stats = ProcStats()
+        self.usage: dict[int, Usage] = {}
+        self.started_fingerprint = ""
+        self.now_fingerprint: str | None = None
+        self.stale_paths: list[str] = []
+        self.stale_seen_at: float | None = None  # monotonic: when the warning went up
+        self.stopping = False
+        self.busy = False  # a stop or restart is under way: keys r/s/q wait for it
+        self.detached = False  # quit while leaving the job running
+        self.finalized = False
+        self._reported_exits: set[int] = set()
+        self._alerts_seen = 0
+        self._last_stats = 0.0
+        self._last_draw = 0.0
+        self._drawn = -1
+        self._backlog = False
+        self._catching_up = False
+        self.watcher: SourceWatcher | None = None
+        # Panels outlive a worker (its last numbers stay) and are reused by the next run.
+        self.worker_panels: dict[int, WorkerPanel] = {}
+
+    # --- layout -------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        # Held, not queried: queries go to the active screen, which may be a modal.
+        self.header, self.alert_bar = RunHeader(id="header"), AlertBar(id="alerts")
+        self.server_panel, self.log_view = ServerPanel(), LogView()
+        self.grid = Grid(self.server_panel, id="panels")
+        yield self.header
+        yield self.alert_bar
+        yield self.grid
+        yield self.log_view
+        yield Footer()
+
+    @property
+    def owned(self) -> bool:
+        """True when this monitor started the job (and so may restart it)."""
+        return self.supervisor is not None and not self.supervisor.attached
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.supervisor.run_dir if self.supervisor else None
+
+    def on_mount(self) -> None:
+        self.alert_bar.display = False
+        if self.config is not None:
+            self.start_job(self.config)
+        else:
+            self._open_run(self.supervisor.run_dir)  # type: ignore[union-attr]
+            if self.job_running():
+                self._start_watcher()
+        self.set_interval(TICK, self.tick)
+        self.tick()
+        self.server_panel.focus()
+
+    # --- the job ------------------------------------------------------------------------------
+    def start_job(self, config: RunConfig) -> None:
+        """Start a job with the current code (a fresh run, or a resume into the same run dir)."""
+        self.started_fingerprint = fingerprint(self.source_paths)
+        self.now_fingerprint, self.stale_paths, self.stale_seen_at = None, [], None
+        kwargs = {"python": self.python} if self.python else {}
+        self.supervisor = Supervisor(config, **kwargs)
+        self.config = config
+        run_dir = self.supervisor.start()
+        self.stopping = self.finalized = False
+        self._reported_exits = set()
+        if self.tail is None or self.tail.path != run_dir / "events.jsonl":
+            self._open_run(run_dir)
+        self._start_watcher()
+
+    def _open_run(self, run_dir: Path) -> None:
+        """Read a run from the start of its events (a new run, or one we attach to)."""
+        self.tail = EventTail(run_dir / "events.jsonl")
+        self.state = RunState()
+        self._alerts_seen, self._drawn = 0, -1
+        self._catching_up = True  # the tick reads the past in slices; its alerts go to the bar only
+
+    @property
+    def job_fingerprint(self) -> str:
+        """The code the job started with: computed at our launch, or as its run_start says."""
+        return self.started_fingerprint or self.state.code.get("fingerprint", "")
+
+    def job_running(self) -> bool:
+        return self.supervisor is not None and any(c.running for c in self.supervisor.children)
+
+    def job_state(self) -> str:
+        if self.stopping:
+            return "stopping"
+        if self.state.outcome:
+            return self.state.outcome
+        if self.supervisor and self.supervisor.children and not self.job_running():
+            return "failed" if self.owned else "exited"
+        if self.stale_paths:
+            return "stale code"
+        if self.state.server.version is not None or any(w.step for w in self.state.workers.values()):
+            return "running"
+        return "starting" if self.job_running() else "exited"
+
+    # --- the timer ----------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Poll processes, read new events, redraw what changed."""
+        if not (self.is_running and self.header.is_attached):  # a late timer while closing
+            return
+        if self.supervisor is not None:
+            self.supervisor.poll()
+        # Events after exits: a process writes its last events before it exits, so reading them
+        # second means a clean end (run_end) is known before its process exits are judged.
+        self._backlog = self._ingest(budget=INGEST_BUDGET)
+        self._note_exits()
+        now = time.monotonic()
+        if now - self._last_stats >= STATS_EVERY:
+            self._last_stats = now
+            self.usage = self.stats.sample(self._live_pids())
+            self._drawn = -1
+        # Catching up, draw at the tick rate only: a redraw costs more than a slice of events.
+        if not self._backlog or now - self._last_draw >= TICK:
+            self._last_draw = now
+            self.draw()
+        if self._backlog:
+            self.set_timer(0.001, self.tick)  # keep reading, but let the screen breathe between slices
+
+    def _ingest(self, budget: float | None) -> bool:
+        """Fold new events into the state; True when more are waiting than the budget allowed."""
+        if self.tail is None:
+            return False
+        start = time.perf_counter()
+        while True:
+            events = self.tail.poll(max_bytes=INGEST_BYTES)
+            self.state.apply_all(events)
+            if not events:
+                return False
+            if budget is not None and time.perf_counter() - start > budget:
+                return True
+
+    def _note_exits(self) -> None:
+        """Show process exits the instant we see them, before anyone writes them down."""
+        sup = self.supervisor
+        if sup is None:
+            return
+        for child in sup.children:
+            if not child.running and child.pid not in self._reported_exits:
+                self._reported_exits.add(child.pid)
+                self.state.apply({"v": 1, "t": self.clock(), "kind": "process_exit", "role": child.role,
+                                  "worker": child.worker, "pid": child.pid, "code": child.exit_code,
+                                  "reason": "seen by the monitor"})
+        if self.owned and sup.children and not self.job_running() and not self.finalized:
+            self.finalized = True
+            self._ingest(budget=None)
+            sup.record_exits(run_ended=self.state.ended)
+            self._ingest(budget=None)
+            if self.watcher:
+                self.watcher.stop()
+
+    def _live_pids(self) -> list[int]:
+        if self.supervisor is None:
+            return []
+        return [c.pid for c in self.supervisor.children if c.running]
+
+    # --- drawing ------------------------------------------------------------------------------
+    def draw(self) -> None:
+        """Redraw from the state; cheap when nothing changed (only the clock moves)."""
+        info = HeaderInfo(self.job_state(), self.job_fingerprint,
+                          self.now_fingerprint if self.stale_paths else None,
+                          read_only=not self.owned)
+        self.header.show(header_text(self.state, info, self.clock()))
+        if self._drawn == self.state.events:
+            return
+        self._drawn = self.state.events
+        hint = ("Press r to restart with the current code." if self.owned else
+                "This monitor only watches: restart the job from a shell to run the new code.")
+        self.alert_bar.show(self._stale_names(), list(self.state.alerts), hint)
+        self.server_panel.show(self.state, self.usage.get(self.state.server.pid or -1))
+        for index, panel in self.worker_panels.items():
+            panel.display = index in self.state.workers  # a fresh run may have fewer workers
+        for index in sorted(self.state.workers):
+            w = self.state.workers[index]
+            if index not in self.worker_panels:
+                self.worker_panels[index] = WorkerPanel(index)
+                self.grid.mount(self.worker_panels[index])
+            self.worker_panels[index].show(w, self.usage.get(w.pid or -1))
+        if self.run_dir is not None:  # every process that ever wrote a log, this run or an earlier start
+            logs = {p.stem: p for p in sorted(self.run_dir.glob("logs/*.log"))}
+            logs.update({c.name: c.log_path for c in self.supervisor.children})  # type: ignore[union-attr]
+            self.log_view.set_sources(logs)
+        self.log_view.refresh_tail()
+        if self._catching_up:
+            self._catching_up = self._backlog
+            self._alerts_seen = len(self.state.alerts)
+        for alert in list(self.state.alerts)[self._alerts_seen:][-3:]:
+            self.notify(alert.message, title=alert.code.replace("_", " "),
+                        severity="error" if alert.level == "error" else "warning", timeout=8)
+        self._alerts_seen = len(self.state.alerts)
+
+    def _stale_names(self) -> list[str]:
+        names = []
+        for path in self.stale_paths:
+            p = Path(path)
+            rel = next((p.relative_to(r.parent) for r in self.source_paths if p.is_relative_to(r)), p)
+            names.append(str(rel))
+        return names
+
+    # --- stale code ---------------------------------------------------------------------------
+    def _start_watcher(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        app = self
+        self.watcher = SourceWatcher(self.source_paths,
+                                     lambda paths, at: app.post_message(SourceChanged(paths, at)))
+        # The method, not a coroutine: a worker cancelled before it starts then leaves nothing behind.
+        self.run_worker(self.watcher.run, group="watch", exclusive=True, exit_on_error=False)
+
+    def on_source_changed(self, message: SourceChanged) -> None:
+        if not self.job_running() or self.stopping:
+            return
+        now = fingerprint(self.source_paths)
+        if now == self.job_fingerprint:  # saved back to what the job runs: not stale after all
+            self.now_fingerprint, self.stale_paths = None, []
+        else:
+            self.now_fingerprint = now
+            self.stale_paths = sorted(set(self.stale_paths) | set(message.paths))
+            if self.stale_seen_at is None:
+                self.stale_seen_at = time.monotonic()
+                self.notify(f"changed since the job started: {', '.join(self._stale_names())}. "
+                            + ("Restarting with the new code." if self.restart_on_change and self.owned
+                               else "Press r to restart." if self.owned else ""),
+                            title="stale code", severity="warning", timeout=10, markup=False)
+        self._drawn = -1
+        self.draw()
+        if self.stale_paths and self.restart_on_change and self.owned and not self.busy:
+            self._stop_then("resume" if self.state.starts else "fresh")
+
+    # --- keys ---------------------------------------------------------------------------------
+    def action_help(self) -> None:
+        bindings = [b for b in self.BINDINGS if isinstance(b, Binding)]
+        self.push_screen(HelpScreen(bindings, {b.key: self.get_key_display(b) for b in bindings}))
+
+    def action_toggle_log(self) -> None:
+        self.log_view.display = not self.log_view.display
+
+    def action_stop(self) -> None:
+        if self.busy or not self.job_running():
+            self.notify("The job is not running.", severity="information")
+            return
+        pids = ", ".join(str(p) for p in self._live_pids())
+        where = "" if self.owned else " (started by another adt; signals go to the pids in pids.json)"
+        message = (f"Stop run {self.supervisor.run_id}{where}? Processes {pids} get SIGTERM: the PS "  # type: ignore[union-attr]
+                   f"writes a final checkpoint; what is left after {self.supervisor.config.grace_period:g}s "  # type: ignore[union-attr]
+                   "is killed.")
+
+        def answered(choice: str | None) -> None:
+            if choice == "yes":
+                self._stop_then(None)
+
+        self.push_screen(confirm("Stop the job?", message, "Stop"), answered)
+
+    def action_restart(self) -> None:
+        if not self.owned:
+            self.notify("Watching read-only: this monitor did not start the job, so it cannot "
+                        "restart it.", severity="warning")
+            return
+        if self.busy:
+            return
+        running = self.job_running()
+        message = ("The job is running. It will be stopped gracefully (final checkpoint) and "
+                   "started again with the current code." if running else
+                   "Start the job again with the current code.")
+        choices = [Choice("resume", "Resume from last checkpoint", "r", "primary"),
+                   Choice("fresh", "Fresh start", "f"), Choice("cancel", "Cancel", "escape")]
+        if not (running or self.state.checkpoints):
+            choices = choices[1:]
+            message += " There is no checkpoint to resume from."
+
+        def answered(choice: str | None) -> None:
+            if choice in ("resume", "fresh"):
+                self._stop_then(choice)
+
+        self.push_screen(ChoiceScreen("Restart the job?", message, choices), answered)
+
+    def action_quit_monitor(self) -> None:
+        if self.busy:
+            self.notify("Stopping the job; quit again when it has stopped.", severity="warning")
+            return
+        if not (self.owned and self.job_running()):
+            self.exit(self.exit_code())
+            return
+        run_dir = self.run_dir
+        message = (f"The job is still running. Stop it (graceful, final checkpoint), or leave it "
+                   f"running in the background and re-attach later with `adt watch {run_dir}`?")
+        choices = [Choice("stop", "Stop the job and quit", "s", "warning"),
+                   Choice("leave", "Leave it running", "l", "primary"), Choice("cancel", "Cancel", "escape")]
+
+        def answered(choice: str | None) -> None:
+            if choice == "stop":
+                self._stop_then("quit")
+            elif choice == "leave":
+                self.detached = True
+                self.exit(0)
+
+        self.push_screen(ChoiceScreen("Quit the monitor?", message, choices), answered)
+
+    def exit_code(self) -> int:
+        """0 when the run finished or was stopped on request, else 1."""
+        outcome = self.state.outcome
+        return 0 if outcome in ("finished", "stopped") or outcome is None and self.job_running() else 1
+
+    # --- stopping and restarting --------------------------------------------------------------
+    def _stop_then(self, then: str | None) -> None:
+        """Stop the job in a thread, then (JobStopped) start again, quit, or just stay."""
+        self.busy = True
+        self.stopping = self.job_running()
+        self.draw()
+        self._stop_worker(then)
+
+    @work(thread=True, exclusive=True, group="stop")
+    def _stop_worker(self, then: str | None) -> None:
+        if self.supervisor is not None and any(c.running for c in self.supervisor.children):
+            self.supervisor.stop()
+        self.post_message(JobStopped(then))
+
+    def on_job_stopped(self, message: JobStopped) -> None:
+        self.stopping = False
+        self.tick()  # note the exits and write them down while we still hold this run
+        self.busy = False
+        if message.then == "quit":
+            self.exit(self.exit_code())
+        elif message.then in ("resume", "fresh"):
+            self.start_job(self._next_config(message.then))
+            self.tick()
+
+    def _next_config(self, how: str) -> RunConfig:
+        """A copy of the config for the next start: resume = same run id, fresh = a new one."""
+        assert self.config is not None and self.supervisor is not None
+        config = RunConfig.from_dict(self.config.to_dict())
+        old = self.supervisor.run_id
+        if how == "resume" and self.state.checkpoints:
+            config.resume, config.run_id = old, old
+        else:
+            if how == "resume":
+                self.notify("No checkpoint was written, so the job starts fresh.", severity="warning")
+            config.resume, config.run_id = "", ""
+        return config
+
+    def on_unmount(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+
+
+def run_monitor(config: RunConfig, watch: Iterable[str] = (), restart_on_change: bool = False) -> int:
+    """`adt run`: check and prepare the job, then run it under the monitor; returns the exit code."""
+    from .launch import prepare_job
+
+    prepare_job(config)  # bad data or config fails here, in plain text, before the screen opens
+    app = AdtApp(config, watch=watch, restart_on_change=restart_on_change)
+    code = app.run()
+    return _after(app, code)
+
+
+def watch_run(run_dir: str | Path) -> int:
+    """`adt watch RUN_DIR`: open the monitor on an existing run (running or finished)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        print(f"adt watch: {run_dir} is not a run directory (no config.json). "
+              "Fix: pass runs/<run-id>, e.g. the last one in `ls runs/`.")
+        return 2
+    app = AdtApp(run_dir=run_dir)
+    return _after(app, app.run())
+
+
+def _after(app: AdtApp, code: int | None) -> int:
+    if app.detached and app.run_dir is not None:
+        print(f"The job keeps running in the background. Re-attach with: adt watch {app.run_dir}")
+    return 1 if code is None else code

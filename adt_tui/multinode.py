@@ -1,0 +1,277 @@
+"""`adt launch`: this machine's share of a multi-node job, started by PyTorch's launcher, torchrun.
+
+Global rank 0 (node 0, local rank 0) is the parameter server: node 0 writes the run directory and
+its PS owns the event stream and the checkpoints. Other nodes need only the code and the same
+shard paths; their workers fetch the config and shard list from the PS over RPC, and check their
+copy of the data against the PS's manifest (engine/datacheck.py).
+
+RPC meets at torchrun's own store: torchrun tells its processes to use the agent's store at
+MASTER_ADDR:MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE), and `engine.transport.init` asks for
+exactly that address, so no second port is opened for the rendezvous.
+
+torchrun runs in its own session, so a terminal's Ctrl+C reaches only us; stopping follows the
+supervisor's discipline: SIGTERM to torchrun (which forwards it to its processes, and they stop
+gracefully), the grace period, then SIGKILL for every process of the tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import psutil
+
+from engine.config import ConfigError, RunConfig
+from engine.events import EventTail, EventWriter
+
+from .supervisor import PROJECT_ROOT, is_loopback, new_run_id
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+LAUNCHER = "torchrun"  # its name in pids.json and its log: runs/<id>/logs/torchrun.log
+
+
+@dataclass
+class NodePlan:
+    """Where this node sits in the job."""
+
+    nnodes: int
+    node_rank: int
+    nproc_per_node: int
+    master_host: str
+    master_port: int
+    ifname: str = ""  # network interface for TensorPipe and Gloo; "" = lo on loopback, else auto
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    def validate(self) -> NodePlan:
+        if self.nnodes < 1:
+            raise ConfigError("nnodes", f"is {self.nnodes}", "pass --nnodes 1 or more")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ConfigError("node_rank", f"is {self.node_rank}, outside 0..{self.nnodes - 1}",
+                              "number the nodes 0..N-1; node 0 runs the parameter server")
+        if self.nproc_per_node < 1:
+            raise ConfigError("nproc_per_node", f"is {self.nproc_per_node}", "pass 1 or more")
+        if self.world_size < 2:
+            raise ConfigError("nproc_per_node", "leaves no process for a worker (rank 0 is the PS)",
+                              "pass --nproc-per-node 2, or train in one process with "
+                              "`adt run --workers 0`")
+        return self
+
+
+def parse_master(text: str) -> tuple[str, int]:
+    """`HOST:PORT` -> (host, port), with an error that says how to write it."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("master", f"is {text!r}", "write it as HOST:PORT, e.g. 10.0.0.1:29500")
+    return host.strip("[]"), int(port)
+
+
+def torchrun_args(plan: NodePlan, run_dir: Path | None) -> list[str]:
+    """torchrun's arguments for this node (everything after `torchrun`)."""
+    args = ["--nnodes", str(plan.nnodes), "--node-rank", str(plan.node_rank),
+            "--nproc-per-node", str(plan.nproc_per_node),
+            "--master-addr", plan.master_host, "--master-port", str(plan.master_port),
+            # A restart would start a second PS on the same run dir; a lost worker is the PS's
+            # business (it goes on without it), not torchrun's.
+            "--max-restarts", "0",
+            "-m", "engine.node"]
+    return args + (["--run-dir", str(run_dir)] if run_dir is not None else [])
+
+
+def node_env(plan: NodePlan) -> dict[str, str]:
+    """The variables adt sets for torchrun beyond the caller's environment."""
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    ifname = plan.ifname or ("lo" if is_loopback(plan.master_host) else "")
+    if ifname:  # else TensorPipe and Gloo pick the address the host name resolves to
+        env["TP_SOCKET_IFNAME"] = env["GLOO_SOCKET_IFNAME"] = ifname
+    return env
+
+
+def shown_command(plan: NodePlan, run_dir: Path | None) -> str:
+    """The plain torchrun line equivalent to this `adt launch` (run from the project root)."""
+    env = " ".join(f"{k}={v}" for k, v in node_env(plan).items())
+    return f"{env} torchrun {shlex.join(torchrun_args(plan, run_dir))}"
+
+
+def other_node_command(plan: NodePlan) -> str:
+    """What to run on every other node."""
+    ifname = " --ifname IFACE" if not is_loopback(plan.master_host) else ""
+    return (f"adt launch --nnodes {plan.nnodes} --node-rank K --nproc-per-node "
+            f"{plan.nproc_per_node} --master {plan.master_host}:{plan.master_port}{ifname}")
+
+
+def prepare_run(config: RunConfig, plan: NodePlan, workers_flag: int | None, out: TextIO) -> Path:
+    """Node 0: fix the worker count, check the data, write runs/<id>/config.json; the run dir."""
+    from .launch import prepare_job
+
+    workers = plan.world_size - 1
+    if workers_flag is not None and workers_flag != workers:
+        raise ConfigError("workers", f"is {workers_flag}, but --nnodes {plan.nnodes} x "
+                          f"--nproc-per-node {plan.nproc_per_node} makes {workers} workers "
+                          "(global rank 0 is the PS)", "drop --workers or change --nproc-per-node")
+    config.workers = workers
+    prepare_job(config, out)  # built-in data on first use, data and resume checks
+    config.run_id = config.run_id or new_run_id()
+    run_dir = Path(config.runs_dir).resolve() / config.run_id
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    return run_dir
+
+
+def launch(plan: NodePlan, run_dir: Path | None, grace_period: float, out: TextIO | None = None,
+           dry_run: bool = False) -> int:
+    """Run torchrun for this node until it ends; node 0 (with `run_dir`) prints the run's progress."""
+    out = out or sys.stdout
+    print(f"node {plan.node_rank} of {plan.nnodes}; the same as:\n  {shown_command(plan, run_dir)}",
+          file=out, flush=True)
+    if plan.node_rank == 0 and plan.nnodes > 1:
+        print(f"on each other node K (1..{plan.nnodes - 1}), from the project root:\n"
+              f"  {other_node_command(plan)}", file=out, flush=True)
+    if not is_loopback(plan.master_host):
+        print("WARNING: torch RPC is unauthenticated: anyone who can reach these nodes' ports can "
+              "run code in the job. Use only on a trusted network.", file=out, flush=True)
+    if dry_run:
+        return EXIT_OK
+    env = {**os.environ, **node_env(plan), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(plan, run_dir)]
+    tail = None
+    if run_dir is not None:
+        tail = EventTail(run_dir / "events.jsonl")
+        tail.poll()  # a resumed run's earlier segments are history, not this launch's progress
+    # Node 0 logs to its run dir; other nodes have none and print to this terminal.
+    log_path = run_dir / "logs" / f"{LAUNCHER}.log" if run_dir is not None else None
+    with open(log_path, "ab") if log_path else contextlib.nullcontext() as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    if run_dir is not None:
+        _write_pids(run_dir, proc.pid)
+        print(f"run dir: {run_dir}   (torchrun and process logs in {run_dir / 'logs' / f'{LAUNCHER}.log'})",
+              file=out, flush=True)
+    return _supervise(proc, run_dir, tail, grace_period, out)
+
+
+def _supervise(proc: subprocess.Popen, run_dir: Path | None, tail: EventTail | None, grace: float,
+               out: TextIO) -> int:
+    from .headless import Printer
+
+    printer = Printer(out)
+    tree = _Tree(proc.pid)
+    interrupted = False
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    over_since: float | None = None
+    try:
+        while proc.poll() is None:
+            tree.refresh()
+            for event in tail.poll() if tail else []:
+                printer.event(event)
+            if printer.outcome is not None and not tree.alive():
+                # The PS wrote run_end and this node's processes are gone, but torchrun waits (up
+                # to 5 minutes) at its exit barrier for every other node: a node whose workers
+                # failed never arrives there. The run is over; do not make the user wait.
+                over_since = over_since or time.monotonic()
+                if time.monotonic() - over_since > grace:
+                    printer.line("the run is over; torchrun still waits for another node: stopping it")
+                    proc.terminate()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(grace)
+                    break
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        interrupted = True
+        printer.line(f"stopping this node (grace period {grace:.0f}s"
+                     + ("; the PS writes a final checkpoint" if run_dir else "") + ")...")
+        try:
+            tree.refresh()
+            proc.send_signal(signal.SIGTERM)  # torchrun forwards it to every process it started
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                printer.line("still running after the grace period: killing this node's processes")
+        except KeyboardInterrupt:
+            pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    tree.kill()  # torchrun's processes lead their own sessions: none may outlive it
+    if tail is not None and run_dir is not None:
+        for event in tail.poll():
+            printer.event(event)
+        _record_end(run_dir, printer, proc.returncode)
+    if interrupted or printer.outcome == "stopped":  # here, or from the monitor (`adt watch`)
+        return EXIT_INTERRUPTED
+    if run_dir is not None:
+        return EXIT_OK if printer.outcome == "finished" else EXIT_FAILED
+    return EXIT_OK if proc.returncode == 0 else EXIT_FAILED
+
+
+def _record_end(run_dir: Path, printer: Any, code: int | None) -> None:
+    """If the PS never wrote `run_end`, say how the run ended (it is gone: we may write now)."""
+    if printer.outcome is not None:
+        return
+    log = run_dir / "logs" / f"{LAUNCHER}.log"
+    message = f"torchrun exited with code {code} before the run ended; see {log}"
+    writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
+    writer.emit("run_end", outcome="failed", version=None, epoch=None, best_val_acc=None, message=message)
+    writer.close()
+    printer.line(f"run failed: {message}")
+
+
+def _write_pids(run_dir: Path, pid: int) -> None:
+    # `adt watch` and `adt runs` find the job through the launcher: its command line names
+    # engine.node and the run dir, and a SIGTERM to it stops the whole node gracefully.
+    info = {"supervisor": os.getpid(), "host": socket.gethostname(), "children": {LAUNCHER: pid}}
+    tmp = run_dir / "pids.json.tmp"
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, run_dir / "pids.json")
+
+
+class _Tree:
+    """Every process torchrun started, remembered while they live so none can be orphaned."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self.seen: dict[int, psutil.Process] = {}
+
+    def refresh(self) -> None:
+        try:
+            for child in self.root.children(recursive=True):
+                self.seen.setdefault(child.pid, child)
+        except psutil.NoSuchProcess:
+            pass
+
+    def alive(self) -> bool:
+        """True while any process torchrun started still runs."""
+        for proc in self.seen.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    return True
+        return False
+
+    def kill(self) -> None:
+        """SIGKILL every descendant seen that still runs (torchrun itself is reaped by Popen)."""
+        procs = list(self.seen.values())
+        for proc in procs:
+            try:
+                proc.kill()  # psutil checks the pid was not reused since we saw it
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=5)
