@@ -38,6 +38,9 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=20, help="updates between validations")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--variants", default="none:0.9,lr/staleness:0.9",
+                   help="async runs as POLICY:MOMENTUM, comma-separated (the baseline uses --momentum)")
+    p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--workdir", default="bench-out")
     p.add_argument("--out", default="docs/time_to_accuracy")
     args = p.parse_args()
@@ -50,19 +53,25 @@ def main() -> int:
         write_synthetic(args.data)
     runs: dict[str, list[tuple[int, float]]] = {}
     # The baseline validates every eval_every * workers updates: the same samples between points.
-    runs["single process"] = curve(RunConfig(**base, workers=0, eval_every=args.eval_every * args.workers).validate())
-    for policy in STALENESS_POLICIES:
-        runs[f"async N={args.workers}, {policy}"] = curve(RunConfig(
-            **base, workers=args.workers, staleness_policy=policy, eval_every=args.eval_every).validate())
+    runs["single process"] = curve(RunConfig(**base, workers=0, momentum=args.momentum,
+                                             eval_every=args.eval_every * args.workers).validate())
+    for variant in args.variants.split(","):
+        policy, momentum = variant.rsplit(":", 1)
+        if policy not in STALENESS_POLICIES:
+            raise SystemExit(f"unknown staleness policy {policy!r} in --variants; use {STALENESS_POLICIES}")
+        runs[f"async N={args.workers}, {policy}, momentum {momentum}"] = curve(RunConfig(
+            **base, workers=args.workers, staleness_policy=policy, momentum=float(momentum),
+            eval_every=args.eval_every).validate())
     target = runs["single process"][-1][1]
     base_samples = samples_to_reach(runs["single process"], target)
     summary: dict[str, Any] = {"target_acc": target, "baseline_samples": base_samples, "runs": {}}
+    print(f"args: {vars(args)}")
     print(f"target: the baseline's final accuracy {target:.3f}, reached after {base_samples} samples")
     for name, points in runs.items():
         reached = samples_to_reach(points, target)
         ratio = reached / base_samples if reached and base_samples else None
         summary["runs"][name] = {"points": points, "samples_to_target": reached, "ratio": ratio}
-        print(f"{name:>28}: final acc {points[-1][1]:.3f}, samples to target {reached}, "
+        print(f"{name:>40}: final acc {points[-1][1]:.3f}, samples to target {reached}, "
               f"ratio {ratio if ratio is None else round(ratio, 2)}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
