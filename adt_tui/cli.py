@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import DEFAULT_DATA, ConfigError, RunConfig, build_config
-from engine.errors import DataError
+from engine.errors import CheckpointError, DataError
 
 EXIT_BAD_INPUT = 2
 
@@ -53,7 +53,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-id", help="name for a new run (default: time-based)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
     p.add_argument("--force", action="store_true", default=None,
-                   help="resume even if data fingerprint or model shape differ")
+                   help="resume even if the data fingerprint differs (never with another model shape)")
 
 
 _NOT_CONFIG = {"config", "command", "no_ui", "func", "watch", "restart_on_change"}
@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.no_ui:
         from .headless import run_headless
 
-        return run_headless(config)
+        return run_headless(config, watch=args.watch)
     from .app import run_monitor
 
     return run_monitor(config, watch=args.watch, restart_on_change=args.restart_on_change)
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_flags(run)
     run.add_argument("--no-ui", action="store_true", help="run headless: plain progress on stdout")
     run.add_argument("--watch", action="append", default=[], metavar="PATH",
-                     help="also watch PATH for source changes (monitor)")
+                     help="also watch PATH for source changes")
     run.add_argument("--restart-on-change", action="store_true",
                      help="restart the job by itself when watched source changes")
     run.set_defaults(func=cmd_run)
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, CheckpointError) as exc:
         print(f"adt: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
 from engine.config import RunConfig
 from engine.events import EventTail, EventWriter
+from engine.fingerprint import PROJECT_ROOT, SOURCE_DIRS, source_hash
 
 from .launch import prepare_job
 from .supervisor import Supervisor
+from .watcher import SourceWatcher
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -93,14 +99,69 @@ def _num(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
-    """Run a job to its end, printing progress; returns the process exit code."""
-    prepare_job(config, out)  # raises ConfigError/DataError before any process starts
+class StaleCodeWarner:
+    """The monitor's source watcher for headless runs: one warning line per burst of changes that
+    leaves the code different from what the job started with. Runs its own event loop on a thread;
+    `warnings()` hands the lines to the printing thread."""
+
+    def __init__(self, paths: Iterable[str | Path]) -> None:
+        self.paths = [Path(p).resolve() for p in paths]
+        self.started = self._fingerprint()  # before the job starts: the code its processes load
+        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._watcher = SourceWatcher(self.paths, self._changed)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def _fingerprint(self) -> str:
+        return source_hash([p for p in self.paths if p.is_dir()])  # the engine's hash, as the monitor
+
+    def _changed(self, paths: tuple[str, ...], _at: float) -> None:
+        now = self._fingerprint()
+        if now == self.started:  # saved back to what the job runs: not stale
+            return
+        names = ", ".join(str(Path(p).relative_to(PROJECT_ROOT)) if Path(p).is_relative_to(PROJECT_ROOT)
+                          else p for p in paths)
+        self._lines.put(f"WARNING: source changed under the running job: {names}; restart to run "
+                        f"the new code (started with code {self.started}, now {now})")
+
+    def start(self) -> None:
+        self._loop = loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=lambda: loop.run_until_complete(self._watcher.run()),
+                                        name="adt-source-watch", daemon=True)
+        self._thread.start()
+
+    def warnings(self) -> list[str]:
+        lines = []
+        while not self._lines.empty():
+            lines.append(self._lines.get())
+        return lines
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._watcher.stop)
+            self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+def run_headless(config: RunConfig, out: TextIO = sys.stdout, watch: Iterable[str | Path] = ()) -> int:
+    """Run a job to its end, printing progress; returns the process exit code.
+
+    `watch` adds paths to the watched sources (engine/ and adt_tui/): a change prints a warning.
+    """
+    prepare_job(config, out)  # raises ConfigError/DataError/CheckpointError before any process starts
     supervisor = Supervisor(config)
+    events_path = supervisor.run_dir / "events.jsonl"
+    # A resumed run appends to its old events: print (and judge the outcome by) this start's only.
+    offset = events_path.stat().st_size if events_path.exists() else 0
+    stale = StaleCodeWarner([*(PROJECT_ROOT / d for d in SOURCE_DIRS), *map(Path, watch)])
     run_dir = supervisor.start()
+    stale.start()
     printer = Printer(out)
     printer.line(f"run dir: {run_dir}   (logs in {run_dir / 'logs'})")
-    tail = EventTail(run_dir / "events.jsonl")
+    tail = EventTail(events_path, offset)
     interrupted = False
 
     def on_term(_signum: int, _frame: Any) -> None:
@@ -112,6 +173,8 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
         while True:
             for e in tail.poll():
                 printer.event(e)
+            for line in stale.warnings():
+                printer.line(line)
             for child in supervisor.poll():
                 if child is not main and child.exit_code != 0:
                     printer.line(f"ERROR: {child.name} (pid {child.pid}) exited with code "
@@ -131,6 +194,7 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
             supervisor.kill()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        stale.stop()
     for e in tail.poll():
         printer.event(e)
     return finish(supervisor, printer, interrupted)

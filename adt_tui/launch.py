@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -12,9 +14,9 @@ from .supervisor import is_loopback
 
 
 def prepare_job(config: RunConfig, out: TextIO = sys.stdout) -> None:
-    """Create the built-in data on first use, check the data, and check a resume target.
+    """Create the built-in data on first use, check the data, a resume target and the port.
 
-    Raises ConfigError or engine.data.DataError (both exit code 2) before anything runs.
+    Raises ConfigError, DataError or CheckpointError (all exit code 2) before anything runs.
     """
     if config.data == DEFAULT_DATA and not config.train_url and not Path(DEFAULT_DATA).exists():
         from engine.synth import write_synthetic
@@ -31,7 +33,26 @@ def prepare_job(config: RunConfig, out: TextIO = sys.stdout) -> None:
         if not last.is_file():
             raise ConfigError("resume", f"names run {config.resume!r}, which has no checkpoint {last}",
                               "pick a run id from `ls checkpoints/`")
+        from engine.node import check_resume
+
+        check_resume(config)  # other data or model: refused here, before the run's files are touched
         config.run_id = config.resume
+    if config.port:
+        _check_port_free(config.host, config.port)
     if not is_loopback(config.host):
         print(f"WARNING: RPC listens on {config.host}. torch RPC is unauthenticated: anyone who can "
               "reach this port can run code in the job. Use only on a trusted network.", file=out)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A taken --port fails here, by name, instead of as an RPC traceback after the start."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the PS's listener does: a port left in TIME_WAIT by an earlier run is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # not ours to judge here (e.g. an address of another machine)
+            raise ConfigError("port", f"is {port}, but {host}:{port} is already in use",
+                              "pass another --port, or leave it out to pick a free one") from None

@@ -9,25 +9,29 @@ run code, and turns every failure into a CheckpointError that names the file.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .errors import CheckpointError  # defined without torch, so the command line can catch it
+
+__all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+
 FORMAT = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message names the file and the fix."""
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Atomically write `payload` (tensors, dicts, lists, numbers, strings) to `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was SIGKILLed
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)
             f.flush()
@@ -39,11 +43,17 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         finally:
             os.close(dir_fd)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}. "
-                                  "The previous checkpoint is unchanged. Fix: free disk space.") from exc
-        raise
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if not isinstance(exc, Exception):
+            raise  # Ctrl+C: the temp file is gone and the previous checkpoint is untouched
+        # torch reports a failed write (disk full, file too large) as its own RuntimeError, with
+        # the OSError as its context: name the real cause.
+        cause = next((e for e in (exc, exc.__cause__, exc.__context__) if isinstance(e, OSError)), None)
+        reason = (cause.strerror or str(cause)) if cause is not None else f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"could not write checkpoint {path}: {reason}. The previous checkpoint "
+                              "is unchanged. Fix: free disk space (or check the directory's "
+                              "permissions) and let the next checkpoint write it.") from exc
     return path
 
 
@@ -56,6 +66,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a truncated or foreign file
+        if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc):
+            raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors "
+                                  "and plain data, which could run code when loaded. Fix: load "
+                                  "only checkpoints that adt wrote.") from exc
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}). "
                               "Fix: resume from another checkpoint of the run (best.pt) "
                               "or start a fresh run.") from exc

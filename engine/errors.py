@@ -6,3 +6,7 @@ Kept free of torch so the command line can catch them without importing it.
 
 class DataError(ValueError):
     """Bad input data; the message names the file, what is wrong and the fix."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the file and the fix."""

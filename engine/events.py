@@ -98,9 +98,10 @@ def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
 class EventTail:
     """Follows a growing events.jsonl: each `poll()` returns the events appended since the last."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, offset: int = 0) -> None:
+        """Follow `path` from byte `offset` (0: from the first event)."""
         self.path = Path(path)
-        self._offset = 0
+        self._offset = offset
         self._partial = b""
 
     def poll(self, max_bytes: int = 1 << 24) -> list[dict[str, Any]]:

@@ -44,24 +44,43 @@ def install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _compatible_checkpoint(config: RunConfig, data_fingerprint: str,
+                           model_shapes: dict[str, list[int]]) -> dict[str, Any]:
+    """Load the resume checkpoint; refuse one of other data or another model shape (unless --force)."""
+    path = Path(config.checkpoints_dir).resolve() / config.resume / "last.pt"
+    payload = load_checkpoint(path)
+    old = payload.get("meta", {})
+    shapes = {k: list(v.shape) for k, v in payload["model"].items()}
+    if shapes != model_shapes:  # no --force: weights of another shape cannot be loaded at all
+        raise CheckpointError(f"refusing to resume from {path}: its model has other parameter shapes "
+                              "(another model or class count). Fix: resume with the model and data "
+                              "it was trained with, or start a fresh run.")
+    if old.get("data_fingerprint") != data_fingerprint and not config.force:
+        raise CheckpointError(f"refusing to resume from {path}: its data fingerprint "
+                              f"{old.get('data_fingerprint')} differs from this data's {data_fingerprint}. "
+                              "Fix: resume with the same data, or pass --force to train on this data.")
+    return payload
+
+
+def check_resume(config: RunConfig) -> None:
+    """Before any process starts: raise CheckpointError if `--resume` would be refused."""
+    if not config.resume:
+        return
+    from .models import build_model
+
+    spec = resolve_data(config.data, config.train_url, config.val_url)
+    model = build_model(config.model, config.num_classes or len(spec.classes))
+    _compatible_checkpoint(config, spec.fingerprint(),
+                           {k: list(v.shape) for k, v in model.state_dict().items()})
+
+
 def load_resume(config: RunConfig, meta: dict[str, Any], model_shapes: dict[str, list[int]],
                 events: EventWriter) -> dict[str, Any] | None:
     """The checkpoint to resume from, after refusing one of other data or another model shape."""
     if not config.resume:
         return None
-    path = Path(config.checkpoints_dir).resolve() / config.resume / "last.pt"
-    payload = load_checkpoint(path)
+    payload = _compatible_checkpoint(config, meta["data_fingerprint"], model_shapes)
     old = payload.get("meta", {})
-    shapes = {k: list(v.shape) for k, v in payload["model"].items()}
-    problems = []
-    if old.get("data_fingerprint") != meta["data_fingerprint"]:
-        problems.append(f"its data fingerprint {old.get('data_fingerprint')} differs from this data's "
-                        f"{meta['data_fingerprint']}")
-    if shapes != model_shapes:
-        problems.append("its model has other parameter shapes (another model or class count)")
-    if problems and not config.force:
-        raise CheckpointError(f"refusing to resume from {path}: {'; '.join(problems)}. "
-                              "Fix: resume with the same data and model, or pass --force.")
     if old.get("code", {}).get("fingerprint") != meta["code"]["fingerprint"]:
         events.emit("alert", level="warning", code="stale_code",
                     message=f"resuming with changed code: checkpoint has code "

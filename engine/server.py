@@ -180,7 +180,15 @@ class ParameterServer:
 
     def epoch_done(self, worker: int, epoch: int) -> torch.futures.Future:
         future: torch.futures.Future = torch.futures.Future()
-        self._queue.put(lambda: self._epoch_done(worker, epoch, future))
+
+        def run() -> None:
+            try:
+                self._epoch_done(worker, epoch, future)
+            except Exception as exc:  # the caller gets the error; the apply thread lives on
+                if not future.done():
+                    future.set_exception(exc)
+
+        self._queue.put(run)
         return future
 
     def leave(self, worker: int, reason: str) -> torch.futures.Future:

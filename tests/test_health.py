@@ -1,0 +1,170 @@
+"""Health alerts: the rules (engine/health.py) on their own, then each alert raised by a real job
+that really is unhealthy, and the headless stale-code warning. Each job case reports its time
+from bad condition to alert (printed; a JUnit property)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.data import resolve_data
+from engine.events import EventWriter, read_events
+from engine.health import Health
+from engine.server import ParameterServer
+from engine.shards import encode_jpeg, write_shard_set
+from engine.synth import make_image
+
+from .conftest import tiny_config
+from .jobs import FAST, HeadlessJob, change_source, copy_tree, latency, wait_for
+
+CHANCE_WARMUP = 1  # RunConfig.chance_warmup_evals
+
+
+# --- the rules ---------------------------------------------------------------------------------
+def test_chance_accuracy_is_flagged_once_and_only_after_warmup():
+    health = Health(4, warmup_evals=CHANCE_WARMUP)
+    assert health.validation(1.38, 0.26, 200) == []  # the warm-up evaluation
+    assert [a[1] for a in health.validation(1.38, 0.27, 200)] == ["chance_accuracy"]
+    assert health.validation(1.38, 0.25, 200) == []  # said once
+
+
+def test_accuracy_clear_of_chance_noise_is_not_flagged():
+    health = Health(4, warmup_evals=0)
+    # 3 standard errors of chance on 200 samples is 9.2 points: 35% is clear of it, 33% is not.
+    assert health.validation(1.2, 0.35, 200) == []
+    assert [a[1] for a in Health(4, 0).validation(1.2, 0.33, 200)] == ["chance_accuracy"]
+
+
+@pytest.mark.parametrize("loss, code", [(3 * math.log(4) + 0.01, "val_loss_high"),
+                                        (math.nan, "val_loss_nan"), (math.inf, "val_loss_nan")])
+def test_validation_loss_above_three_ln_c_or_not_finite_is_divergence(loss, code):
+    health = Health(4, warmup_evals=5)
+    assert [a[1] for a in health.validation(loss, 0.9, 200)] == [code]
+    assert health.diverged()
+
+
+def test_non_finite_training_loss_is_flagged_once_per_worker():
+    health = Health(4, warmup_evals=1)
+    assert health.train_loss(0, 1e9) == []
+    assert [a[1] for a in health.train_loss(0, math.inf)] == ["loss_nan"]
+    assert health.train_loss(0, math.nan) == []
+    assert [a[1] for a in health.train_loss(1, math.nan)] == ["loss_nan"]
+    assert health.diverged()
+
+
+# --- real jobs ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shuffled_data(tmp_path_factory) -> Path:
+    """Images of 4 classes whose labels are random: no model can beat chance on it."""
+    out = tmp_path_factory.mktemp("shuffled") / "data"
+    classes = ["n0", "n1", "n2", "n3"]
+    for split, count, shards, seed in (("train", 400, 2, 0), ("val", 200, 1, 1)):
+        rng = np.random.default_rng(seed)
+        samples = [(f"{split}_{i:05d}", encode_jpeg(make_image(i % 4, 4, 16, rng)), int(rng.integers(4)))
+                   for i in range(count)]
+        write_shard_set(out / split, split, samples, count, shards, classes, (16, 16))
+    return out
+
+
+def test_labels_shuffled_against_images_raise_chance_accuracy_after_warmup(
+        shuffled_data, tmp_path, record_property):
+    job = HeadlessJob(tmp_path, "--data", str(shuffled_data), "--workers", "0", "--epochs", "2",
+                      "--eval-every", "10", *FAST)
+    assert job.wait(120) == 0, job.context()
+    (alert,) = [a for a in job.events("alert") if a["code"] == "chance_accuracy"]
+    before = [v for v in job.events("validation") if v["t"] <= alert["t"]]
+    assert len(before) == CHANCE_WARMUP + 1, before  # the first evaluation past the warm-up
+    latency(record_property, "chance accuracy -> alert (at the first eval past warm-up)",
+            alert["t"] - before[-1]["t"])
+    assert "ERROR: validation accuracy" in job.output
+
+
+def test_huge_learning_rate_diverges_and_stops_the_run(tiny_data, tmp_path, record_property):
+    job = HeadlessJob(tmp_path, "--data", str(tiny_data), "--workers", "1", "--epochs", "20",
+                      "--lr", "1e6", "--stop-on-divergence", *FAST)
+    assert job.wait(120) == 1, job.context()
+    end = job.events("run_end")[-1]
+    assert end["outcome"] == "diverged", end
+    alerts = job.events("alert")
+    assert {"loss_nan", "val_loss_nan", "val_loss_high"} & {a["code"] for a in alerts}, alerts
+    bad = [m for m in job.events("worker_metrics") if m["loss"] in ("nan", "inf")]
+    if bad:
+        latency(record_property, "non-finite training loss -> loss_nan alert", alerts[0]["t"] - bad[0]["t"])
+    latency(record_property, "divergence alert -> run_end diverged", end["t"] - alerts[0]["t"])
+    assert "run diverged" in job.output
+
+
+def test_stopped_worker_is_flagged_silent_and_counted_again_when_back(tiny_data, tmp_path, record_property):
+    job = HeadlessJob(tmp_path, "--data", str(tiny_data), "--epochs", "50", "--worker-timeout", "2", *FAST)
+    job.wait_event("worker_metrics", 120, lambda e: e["worker"] == 1)
+    worker = job.pids()["worker1"]
+    try:
+        signal_sent = time.time()
+        os.kill(worker, signal.SIGSTOP)
+        alert = job.wait_event("alert", 30, lambda e: e["code"] == "worker_silent")
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    latency(record_property, "worker silent (SIGSTOP, timeout 2s) -> worker_silent alert",
+            alert["t"] - signal_sent)
+    assert alert["worker"] == 1 and alert["t"] - signal_sent >= 2
+    back = job.wait_event("worker_metrics", 30, lambda e: e["worker"] == 1 and e["t"] > alert["t"])
+    assert any(a["code"] == "worker_lost" and "back" in a["message"] for a in job.events("alert")), back
+    job.proc.send_signal(signal.SIGINT)
+    assert job.wait(30) == 130, job.context()
+
+
+def test_most_pushes_beyond_max_staleness_raise_staleness_high(tiny_data, tmp_path):
+    """Driven through the PS's own entry points in-process: how stale real pushes get depends on
+    the machine's scheduling, and the bound's drops keep round-robin workers near half."""
+    config = tiny_config(tiny_data, tmp_path, max_staleness=1)
+    events = EventWriter(tmp_path / "events.jsonl", "r")
+    server = ParameterServer(config, resolve_data(config.data, "", ""), events, 1, torch.device("cpu"),
+                             tmp_path / "ck", {"code": {"fingerprint": "f"}})
+    try:
+        server.register(0, {"pid": os.getpid(), "host": socket.gethostname(),
+                            "code_fingerprint": "f"}).wait()
+        grads = torch.zeros_like(server.flat.params)
+        for _ in range(8):  # all from version 0: the first two apply, the rest are too stale
+            server.push(0, 0, grads, server.flat.buffers.clone(), 16, None).wait()
+        server.call(lambda: server.report(0.5))
+    finally:
+        server.close()
+        events.close()
+    alerts = [e for e in read_events(tmp_path / "events.jsonl") if e["kind"] == "alert"]
+    assert [a["code"] for a in alerts] == ["staleness_high"], alerts
+    assert server.dropped == 6 and server.version == 2
+
+
+# --- stale code, headless --------------------------------------------------------------------
+def test_headless_warns_once_per_burst_of_source_changes(tiny_data, tmp_path, record_property):
+    tree = copy_tree(tmp_path / "src")
+    job = HeadlessJob(tmp_path, "--data", str(tiny_data), "--workers", "0", "--epochs", "50", *FAST,
+                      tree=tree)
+    job.wait_event("worker_metrics", 120)
+    code = job.events("run_start")[0]["code"]["fingerprint"]
+
+    def warnings() -> list[str]:
+        return [line for line in job.lines if "source changed under the running job" in line]
+
+    saved = time.monotonic()
+    change_source(tree, "engine/worker.py", "first save")  # one burst: two writes in a row
+    change_source(tree, "engine/worker.py", "second save")
+    wait_for("the stale-code warning", warnings, 10, job.context)
+    latency(record_property, "source change -> headless stale-code warning", time.monotonic() - saved)
+    time.sleep(1.5)  # well past the watcher's debounce: the burst must stay one warning
+    (first,) = warnings()
+    assert first.startswith("WARNING: source changed under the running job: engine/worker.py; restart")
+    assert f"started with code {code}, now " in first
+    change_source(tree, "adt_tui/panels.py", "another burst")
+    wait_for("a second warning", lambda: len(warnings()) == 2, 10, job.context)
+    assert "adt_tui/panels.py" in warnings()[1]
+    job.proc.send_signal(signal.SIGINT)
+    assert job.wait(30) == 130, job.context()
