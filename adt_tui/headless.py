@@ -63,7 +63,7 @@ class Printer:
                       f"acc {e['acc']:.2%} ({e['count']} samples, chance {e['chance']:.2%})")
         elif kind == "epoch_end":
             self.epoch_base = e["samples_seen"]
-            self.line(f"epoch {e['epoch'] + 1}/{self.epochs} done at version {e['version']}")
+            self.line(f"epoch {min(e['epoch'] + 1, self.epochs)}/{self.epochs} done at version {e['version']}")
         elif kind == "checkpoint":
             self.line(f"checkpoint {e['tag']}: {e['path']}")
         elif kind == "alert":
@@ -78,7 +78,7 @@ class Printer:
         done = max(0, e["samples_seen"] - self.epoch_base)
         total = max(self.train_samples, 1)
         stale = e["staleness"]
-        text = (f"epoch {e['epoch'] + 1}/{self.epochs} {min(done, total)}/{total} | version {e['version']} "
+        text = (f"epoch {min(e['epoch'] + 1, self.epochs)}/{self.epochs} {min(done, total)}/{total} | version {e['version']} "
                 f"| {e['updates_per_s']:.1f} upd/s | staleness p50 {stale['p50']} max {stale['max']} "
                 f"| dropped {e['dropped']}")
         if self.tty:

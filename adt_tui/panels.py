@@ -63,22 +63,26 @@ class HeaderInfo:
 
 
 def header_text(run: RunState, info: HeaderInfo, now: float) -> Text:
+    # The state comes first and a long data path is shortened: a narrow terminal cuts the tail.
     cfg = run.config
-    data = cfg.get("train_url") or cfg.get("data") or "—"
+    data = str(cfg.get("train_url") or cfg.get("data") or "—")
+    if len(data) > 40:
+        data = "…" + data[-39:]
     workers = run.workers_expected if run.workers_expected is not None else cfg.get("workers", "—")
     text = Text.assemble(
         (" adt ", "bold reverse"), " ",
+        (f" {info.state.upper()} ", STATE_STYLES.get(info.state, "bold")), "  ",
         ("run ", "dim"), (run.run_id or "—", "bold"), "  ",
-        ("model ", "dim"), run.model or cfg.get("model", "—"), "  ",
-        ("data ", "dim"), str(data), "  ",
-        ("workers ", "dim"), str(workers), "  ",
-        ("elapsed ", "dim"), clock(run.elapsed(now)), "  ",
         ("code ", "dim"), info.started_fingerprint or "—",
     )
     if info.now_fingerprint and info.now_fingerprint != info.started_fingerprint:
         text.append_text(Text.assemble((" → now ", "yellow"), (info.now_fingerprint, "bold yellow")))
-    text.append("  ")
-    text.append(f" {info.state.upper()} ", STATE_STYLES.get(info.state, "bold"))
+    text.append_text(Text.assemble(
+        "  ", ("model ", "dim"), run.model or cfg.get("model", "—"), "  ",
+        ("data ", "dim"), data, "  ",
+        ("workers ", "dim"), str(workers), "  ",
+        ("elapsed ", "dim"), clock(run.elapsed(now)),
+    ))
     if info.read_only:
         text.append("  read-only", "dim")
     return text

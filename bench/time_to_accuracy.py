@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.time_to_accuracy")
     p.add_argument("--data", default="data/synthetic")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=4, help="epochs of the baseline")
+    p.add_argument("--async-epochs", type=int, default=0,
+                   help="epochs of the async runs (default 1.5x --epochs, so a ratio above 1 is measurable)")
     p.add_argument("--eval-every", type=int, default=20, help="updates between validations")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
@@ -60,7 +63,7 @@ def main() -> int:
         if policy not in STALENESS_POLICIES:
             raise SystemExit(f"unknown staleness policy {policy!r} in --variants; use {STALENESS_POLICIES}")
         runs[f"async N={args.workers}, {policy}, momentum {momentum}"] = curve(RunConfig(
-            **base, workers=args.workers, staleness_policy=policy, momentum=float(momentum),
+            **{**base, "epochs": args.async_epochs or math.ceil(1.5 * args.epochs)}, workers=args.workers, staleness_policy=policy, momentum=float(momentum),
             eval_every=args.eval_every).validate())
     target = runs["single process"][-1][1]
     base_samples = samples_to_reach(runs["single process"], target)

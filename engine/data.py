@@ -14,6 +14,7 @@ import io
 import json
 import os
 import random
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,4 +238,12 @@ def make_loader(stream: ShardStream, loader_workers: int, pin_memory: bool = Fal
     return torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,
         prefetch_factor=4 if loader_workers else None,
+        worker_init_fn=_ignore_stop_signals if loader_workers else None,
     )
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # A stop signals the whole process group. Loader processes must not die of it mid-batch:
+    # their parent finishes its step and then shuts them down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -147,19 +147,8 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
             _log(role, "workers did not leave in time; finishing without them")
             break
     server.call(lambda: server.report(config.log_interval))
-    outcome = "failed" if failure else server.outcome or ("stopped" if stop.is_set() or
-                                                          server.stop_requested.is_set() else "failed")
-    if outcome == "failed" and not failure and server.outcome is None:
-        outcome = "failed"
+    outcome, message = _outcome(server, config, stop, failure)
     server.call(lambda: server.finish(validate=outcome == "finished"))
-    done = "all epochs done" if server.epoch >= config.epochs else f"{server.version} updates done"
-    message = {"finished": done, "stopped": "stopped on request",
-               "diverged": "stopped: training diverged"}.get(outcome, "")
-    if failure:
-        message = f"training failed: {failure[0]!r}"
-        traceback.print_exception(failure[0])
-    elif outcome == "failed":
-        message = "every worker was lost before the run finished"
     events.emit("run_end", outcome=outcome, version=server.version, epoch=server.epoch,
                 best_val_acc=server.best_val_acc, message=message)
     _log(role, f"run_end: {outcome} ({message}), version {server.version}")
@@ -168,6 +157,22 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
     if not single:
         transport.shutdown()
     return EXIT_OK if outcome in ("finished", "stopped") else EXIT_FAILED
+
+
+def _outcome(server: Any, config: RunConfig, stop: threading.Event,
+             failure: list[BaseException]) -> tuple[str, str]:
+    """How the run ended, and one sentence saying why."""
+    if failure:
+        traceback.print_exception(failure[0])
+        return "failed", f"training failed: {failure[0]!r}"
+    if server.outcome == "finished":
+        done = server.epoch >= config.epochs
+        return "finished", "all epochs done" if done else f"{server.version} updates done"
+    if server.outcome == "diverged":
+        return "diverged", "stopped: training diverged"
+    if stop.is_set() or server.stop_requested.is_set():
+        return "stopped", "stopped on request"
+    return "failed", "every worker was lost before the run finished"
 
 
 def run_worker_process(rank: int, world_size: int, host: str, port: int, stop: threading.Event) -> int:
@@ -190,11 +195,15 @@ def run_worker_process(rank: int, world_size: int, host: str, port: int, stop: t
             transport.shutdown()
             return EXIT_BAD_INPUT
         reason = run_worker(client, config, train, worker, job["num_workers"], rank, stop)
-        _log(f"worker{worker}", f"leaving: {reason}")
-        client.leave(reason)
     except RuntimeError as exc:
         _log(f"worker{worker}", f"lost the parameter server at {host}:{port} ({exc}). Exiting.")
         os._exit(EXIT_FAILED)  # the RPC agent cannot shut down cleanly without its peer
+    _log(f"worker{worker}", f"leaving: {reason}")
+    try:
+        client.leave(reason)
+    except RuntimeError:
+        # The PS may close the moment the last worker has left, before its reply arrives.
+        os._exit(EXIT_OK)
     transport.shutdown()
     return EXIT_OK
 

@@ -94,7 +94,9 @@ def resolve_device(name: str, worker: int | None = None) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and worker is not None:
-        return torch.device("cuda", worker % max(1, torch.cuda.device_count()))
+        # Under torchrun, LOCAL_RANK numbers the processes of this node: one GPU each.
+        index = int(os.environ.get("LOCAL_RANK", worker))
+        return torch.device("cuda", index % max(1, torch.cuda.device_count()))
     return torch.device(name)
 
 
@@ -223,6 +225,8 @@ class ParameterServer:
         if info.get("data_problem"):  # its node's copy of the data differs: keep it out of the job
             self._alert("error", "data_mismatch", f"worker {worker} (host {info.get('host')}) "
                         f"refused to train: {info['data_problem']}", worker=worker)
+            self.workers[worker] = WorkerState(pid=info["pid"], host=info["host"], left=True)
+            self._after_worker_gone()
             return {"version": self.version, "epoch": self.epoch, "params": None, "stop": True}
         self.workers[worker] = WorkerState(pid=info["pid"], host=info["host"])
         self.events.emit("worker_join", worker=worker, **info)
@@ -319,7 +323,8 @@ class ParameterServer:
 
     def _after_worker_gone(self) -> None:
         self._check_barrier()
-        if self.workers and not any(w.active for w in self.workers.values()):
+        # Only once every worker has registered: an early leaver must not end the run for the rest.
+        if len(self.workers) >= self.num_workers and not any(w.active for w in self.workers.values()):
             self.all_left.set()
 
     def _sync_buffers(self) -> None:

@@ -112,7 +112,7 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
             step += 1
             samples += labels.numel()
             metrics = None
-            if time.monotonic() >= next_report:
+            if time.monotonic() >= next_report and meter.count:
                 metrics = meter.report(epoch, step, samples)
                 next_report = time.monotonic() + config.log_interval
             stop_now, push_s, pull_s = link.step(labels.numel(), metrics)
