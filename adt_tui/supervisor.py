@@ -191,7 +191,7 @@ class Supervisor:
                 _signal_group(child.pid, signal.SIGTERM)
         if not self.wait(grace):
             self.kill()
-        _kill_all(tree)
+        kill_all(tree)
 
     def kill(self) -> None:
         """SIGKILL every child's process group and every process of their trees."""
@@ -199,7 +199,7 @@ class Supervisor:
         for child in self.children:
             if child.running:
                 _signal_group(child.pid, signal.SIGKILL)
-        _kill_all(tree)
+        kill_all(tree)
         self.wait(5)
 
     def record_exits(self, run_ended: bool) -> None:
@@ -254,7 +254,8 @@ def _is_job_process(pid: int, run_dir: Path) -> bool:
     return "engine.node" in cmdline and str(run_dir) in cmdline
 
 
-def _kill_all(procs: list[psutil.Process]) -> None:
+def kill_all(procs: list[psutil.Process]) -> None:
+    """SIGKILL each process (gone ones are fine) and reap them."""
     for proc in procs:
         try:
             proc.kill()

@@ -39,10 +39,14 @@ def ensure_data(root: Path, classes: int, size: int, train: int, val: int, shard
 
 
 def summarize(events: list[dict[str, Any]], num_params: int, transfer_bytes: int) -> dict[str, Any]:
-    """Aggregate images/s (median over steady intervals) and step-time breakdown from events."""
+    """Aggregate images/s over the steady intervals, and the step-time breakdown, from events."""
     ps = [e for e in events if e["kind"] == "ps_metrics"][WARMUP_INTERVALS:]
-    rates = [(b["samples_seen"] - a["samples_seen"]) / (b["t"] - a["t"])
+    steps = [(b["samples_seen"] - a["samples_seen"], b["t"] - a["t"])
              for a, b in itertools.pairwise(ps) if b["t"] > a["t"] and b["samples_seen"] > a["samples_seen"]]
+    # Whole intervals are few batches on a slow machine, so one interval's rate is coarse: sum the
+    # samples and seconds of all steady intervals, leaving out the pauses (validation, epoch ends).
+    typical = statistics.median(n / dt for n, dt in steps) if steps else 0
+    steady_steps = [(n, dt) for n, dt in steps if n / dt > 0.5 * typical]
     metrics = [e for e in events if e["kind"] == "worker_metrics"]
     per_worker: dict[int, list[dict]] = {}
     for e in metrics:
@@ -60,7 +64,8 @@ def summarize(events: list[dict[str, Any]], num_params: int, transfer_bytes: int
     applies = [e["apply_ms"] for e in ps if e.get("apply_ms") is not None]
     vals = [e for e in events if e["kind"] == "validation"]
     return {
-        "images_per_s": round(statistics.median(rates), 1) if rates else 0.0,
+        "images_per_s": round(sum(n for n, _ in steady_steps) / sum(dt for _, dt in steady_steps), 1)
+        if steady_steps else 0.0,
         "timing_ms": timing,
         "comm_share": round(comm / step, 3) if step else None,
         "apply_ms": round(statistics.median(applies), 3) if applies else None,

@@ -149,6 +149,15 @@ def reader_plan(urls: list[str], reader: int, readers: int) -> tuple[list[str], 
     return [urls[shard]], len(sharers), sharers.index(reader)
 
 
+def worker_shards(urls: list[str], worker: int, workers: int, loader_workers: int) -> list[str]:
+    """The shards one worker reads, in the PS's order (its loader processes split them further)."""
+    per_worker = max(1, loader_workers)
+    mine: set[str] = set()
+    for local in range(per_worker):
+        mine.update(reader_plan(urls, worker * per_worker + local, workers * per_worker)[0])
+    return [u for u in urls if u in mine]
+
+
 def decode_sample(sample: dict[str, Any], size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, int]:
     """JPEG bytes + label text -> HWC uint8 array and int, checked against the manifest."""
     key = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"

@@ -13,17 +13,8 @@ import json
 import os
 from pathlib import Path
 
-from .data import Split, reader_plan
+from .data import Split
 from .shards import MANIFEST
-
-
-def worker_shards(urls: list[str], worker: int, workers: int, loader_workers: int) -> list[str]:
-    """The shards one worker reads, in the PS's order (its loader processes split them further)."""
-    per_worker = max(1, loader_workers)
-    mine: set[str] = set()
-    for local in range(per_worker):
-        mine.update(reader_plan(urls, worker * per_worker + local, workers * per_worker)[0])
-    return [u for u in urls if u in mine]
 
 
 def local_copy_problem(split: Split, shards: list[str]) -> str | None:

@@ -24,8 +24,8 @@ from typing import Any
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, RunConfig
-from .data import DataError, Split, resolve_data
-from .datacheck import local_copy_problem, worker_shards
+from .data import DataError, Split, resolve_data, worker_shards
+from .datacheck import local_copy_problem
 from .events import EventWriter
 from .fingerprint import startup_fingerprint
 

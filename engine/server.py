@@ -444,6 +444,3 @@ def _alive(pid: int) -> bool:
     except psutil.NoSuchProcess:
         return False
 
-
-def host_info() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}

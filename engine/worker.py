@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig
-from .data import ShardStream, Split, make_loader
+from .data import ShardStream, Split, make_loader, worker_shards
 from .fingerprint import startup_fingerprint
 from .models import build_model, normalize
 from .server import FlatModel, resolve_device
@@ -74,7 +74,7 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
     device = resolve_device(config.device, worker)
     stream = ShardStream(train, worker, workers, config.loader_workers, config.batch_size,
                          train=True, seed=config.seed)
-    shards = [u for u in train.urls if u in _my_shards(stream)]
+    shards = worker_shards(train.urls, worker, workers, config.loader_workers)
     reply = client.register(worker_info(worker, rank, device, shards, config.loader_workers))
     flat = model or FlatModel(build_model(config.model, len(train.manifest["classes"])).to(device))
     forward = torch.compile(flat.model) if config.compile else flat.model
@@ -187,12 +187,3 @@ class Exchange:
         self.version = reply.version
         return reply.stop
 
-
-def _my_shards(stream: ShardStream) -> set[str]:
-    from .data import reader_plan
-
-    readers = stream.workers * stream.loader_workers
-    mine: set[str] = set()
-    for local in range(stream.loader_workers):
-        mine.update(reader_plan(stream.split.urls, stream.worker * stream.loader_workers + local, readers)[0])
-    return mine

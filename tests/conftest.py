@@ -9,6 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from adt_tui.supervisor import kill_all
 from engine.config import RunConfig
 from engine.synth import write_synthetic
 
@@ -49,11 +50,6 @@ def no_orphans():
     yield
     me = psutil.Process()
     left = me.children(recursive=True)
-    for proc in left:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(left, timeout=5)
+    kill_all(left)
     alive = [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"test left child processes behind: {[p.pid for p in left]} (alive now: {alive})"

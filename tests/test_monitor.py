@@ -14,6 +14,7 @@ from textual.pilot import Pilot
 
 from adt_tui.app import AdtApp, fingerprint
 from adt_tui.panels import AlertBar, WorkerPanel
+from adt_tui.supervisor import kill_all
 from engine.config import RunConfig
 
 from .conftest import tiny_config
@@ -55,13 +56,7 @@ def leftover_guard(tmp_path: Path) -> Iterator[Callable[[], list[psutil.Process]
         return [p for p in find() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
     yield live
-    procs = find()
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=5)
+    kill_all(find())
 
 
 async def wait_for(pilot: Pilot, what: str, cond: Callable[[], bool], timeout: float = 45) -> float:
