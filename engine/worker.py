@@ -68,6 +68,18 @@ def worker_info(worker: int, rank: int, device: torch.device, shards: list[str],
             "local_rank": int(os.environ.get("LOCAL_RANK", str(rank)))}
 
 
+def compute_gradient(forward: Any, flat: FlatModel, loss_fn: nn.Module, images: torch.Tensor,
+                     labels: torch.Tensor) -> tuple[float, int]:
+    """Forward and backward on one batch; the gradient lands in flat.grads. Returns (loss, correct)."""
+    flat.zero_grad()
+    device = images.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = forward(normalize(images).contiguous(memory_format=torch.channels_last))
+        loss = loss_fn(logits.float(), labels)
+    loss.backward()
+    return loss.item(), int((logits.argmax(1) == labels).sum().item())
+
+
 def run_worker(client: Any, config: RunConfig, train: Split, worker: int, workers: int, rank: int,
                stop: threading.Event, model: FlatModel | None = None) -> str:
     """Train until the PS says stop, the epochs run out, or `stop` is set; returns why it ended."""
@@ -101,13 +113,7 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
                 return "signal"
             images, labels = (t.to(device, non_blocking=True) for t in batch)
             t1 = time.perf_counter()
-            flat.zero_grad()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = forward(normalize(images).contiguous(memory_format=torch.channels_last))
-                loss = loss_fn(logits.float(), labels)
-            loss.backward()
-            correct = (logits.argmax(1) == labels).sum()
-            loss_value, correct_value = loss.item(), int(correct.item())
+            loss_value, correct_value = compute_gradient(forward, flat, loss_fn, images, labels)
             t2 = time.perf_counter()
             step += 1
             samples += labels.numel()
