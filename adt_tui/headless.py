@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.config import RunConfig
-from engine.events import EventTail, EventWriter
+from engine.events import EventTail
 from engine.fingerprint import PROJECT_ROOT, SOURCE_DIRS, source_hash
 
 from .launch import prepare_job
@@ -202,19 +202,14 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout, watch: Iterable[st
 
 def finish(supervisor: Supervisor, printer: Printer, interrupted: bool) -> int:
     """Record process exits (the PS is gone, so we are the writer now) and pick the exit code."""
-    writer = EventWriter(supervisor.run_dir / "events.jsonl", supervisor.run_id)
-    for child in supervisor.children:
-        writer.emit("process_exit", role=child.role, worker=child.worker, pid=child.pid,
-                    code=child.exit_code, reason="exited")
+    supervisor.record_exits(run_ended=printer.outcome is not None)
     main = supervisor.main_child()
     if printer.outcome is None:
-        message = f"{main.name} exited with code {main.exit_code} before the run ended; see {main.log_path}"
-        writer.emit("run_end", outcome="failed", version=None, epoch=None, best_val_acc=None, message=message)
-        printer.line(f"run failed: {message}")
+        printer.line(f"run failed: {main.name} exited with code {main.exit_code} before the run "
+                     f"ended; see {main.log_path}")
         tail = _log_tail(main.log_path)
         if tail:
             printer.line(tail)
-    writer.close()
     if main.exit_code == EXIT_BAD_INPUT:
         return EXIT_BAD_INPUT
     if interrupted:

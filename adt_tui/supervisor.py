@@ -210,7 +210,7 @@ class Supervisor:
         writer = EventWriter(self.run_dir / "events.jsonl", self.run_id)
         for child in self.children:
             writer.emit("process_exit", role=child.role, worker=child.worker, pid=child.pid,
-                        code=child.exit_code, reason="stopped" if self.stopping else "exited")
+                        code=child.exit_code, reason="exited")  # the code says how
         main = self.main_child()
         if not run_ended and main is not None:
             outcome = "stopped" if self.stopping and main.exit_code in (0, -15) else "failed"
