@@ -35,7 +35,7 @@ def prepare_job(config: RunConfig, out: TextIO = sys.stdout) -> None:
                               "pick a run id from `ls checkpoints/`")
         from engine.node import check_resume
 
-        check_resume(config)  # other data or model: refused here, before the run's files are touched
+        check_resume(config, report.spec)  # other data or model: refused here, before the run's files are touched
         config.run_id = config.resume
     if config.port:
         _check_port_free(config.host, config.port)

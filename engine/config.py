@@ -165,10 +165,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 def build_config(toml_path: str | None, overrides: dict[str, Any]) -> RunConfig:
     """TOML values first, then flags (overrides win); validated."""
-    values: dict[str, Any] = {}
-    source = ""
-    if toml_path:
-        values.update(load_toml(toml_path))
-        source = str(toml_path)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return RunConfig.from_dict(values, source).validate(source if not overrides else "")
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    from_toml = load_toml(toml_path) if toml_path else {}
+    if from_toml:  # a bad value the TOML file sets (and no flag replaces) is reported with its file
+        kept = {k: v for k, v in from_toml.items() if k not in flags}
+        RunConfig.from_dict(kept, str(toml_path)).validate(str(toml_path))
+    return RunConfig.from_dict({**from_toml, **flags}).validate()

@@ -24,7 +24,7 @@ from typing import Any
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, RunConfig
-from .data import DataError, Split, resolve_data, worker_shards
+from .data import DataError, DataSpec, Split, resolve_data, worker_shards
 from .datacheck import local_copy_problem
 from .events import EventWriter
 from .fingerprint import startup_fingerprint
@@ -62,13 +62,12 @@ def _compatible_checkpoint(config: RunConfig, data_fingerprint: str,
     return payload
 
 
-def check_resume(config: RunConfig) -> None:
+def check_resume(config: RunConfig, spec: DataSpec) -> None:
     """Before any process starts: raise CheckpointError if `--resume` would be refused."""
     if not config.resume:
         return
     from .models import build_model
 
-    spec = resolve_data(config.data, config.train_url, config.val_url)
     model = build_model(config.model, config.num_classes or len(spec.classes))
     _compatible_checkpoint(config, spec.fingerprint(),
                            {k: list(v.shape) for k, v in model.state_dict().items()})
