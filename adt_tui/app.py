@@ -2,31 +2,48 @@
 
 Data flows one way: the supervisor starts processes; they write runs/<id>/events.jsonl; a timer
 tails that file into a `RunState` (adt_tui/state.py) and redraws the panels from it at most
-`TICK` times a second, however fast events arrive. Stops run in a thread so the screen never
-freezes for a grace period. Source watching lives in adt_tui/watcher.py.
+`TICK` times a second, and each chart at most once a second (`CHART_EVERY`), however fast
+events arrive. Stops run in a thread so the screen never freezes for a grace period. Source watching
+lives in adt_tui/watcher.py.
+
+The layout follows the terminal: `-narrow` (under NARROW columns: one chart at a time, `c` picks
+it) and `-short` (under SHORT rows: no small charts, no detail pane, logs hidden until `l`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid
-from textual.widgets import Footer
+from textual.widgets import DataTable, Footer
 
 from engine.config import RunConfig
 from engine.events import EventTail
 from engine.fingerprint import PROJECT_ROOT, SOURCE_DIRS, source_hash
 
+from .charts import AXES, CHARTS, Chart, chart_spec
+from .gpustats import GpuStats, GpuUsage
+from .logview import LogView
 from .messages import JobStopped, SourceChanged
-from .panels import AlertBar, HeaderInfo, LogView, RunHeader, ServerPanel, WorkerPanel, header_text
+from .panels import (
+    AlertBar,
+    DetailPanel,
+    HeaderInfo,
+    ProcessTable,
+    RunHeader,
+    detail_text,
+    header_text,
+    process_rows,
+)
 from .procstats import ProcStats, Usage
-from .screens import Choice, ChoiceScreen, HelpScreen, confirm
+from .screens import Choice, ChoiceScreen, DetailScreen, HelpScreen, confirm
 from .state import RunState
 from .supervisor import Supervisor
 from .watcher import SourceWatcher
@@ -35,6 +52,12 @@ TICK = 0.25  # seconds between redraws: fast enough to feel live, slow enough to
 INGEST_BUDGET = 0.03  # seconds of event parsing per slice, so a backlog never freezes the screen
 INGEST_BYTES = 64 * 1024
 STATS_EVERY = 1.0  # psutil sampling interval (cpu_percent needs a span to measure over)
+# Seconds between redraws of one chart (a plot costs tens of ms, a table update almost nothing):
+# the big charts, the small ones, and any while reading a backlog (each redraw stalls the screen).
+CHART_EVERY = {"loss": 1.0, "acc": 1.0, "lr": 2.0, "staleness": 2.0}
+CHART_EVERY_CATCHING_UP = 2.0
+NARROW = 110  # columns under which one chart shows at a time
+SHORT = 36  # rows under which the small charts, the detail pane and the logs step aside
 
 
 def default_source_dirs() -> list[Path]:
@@ -59,27 +82,36 @@ class AdtApp(App[int]):
         Binding("s", "stop", "Stop", tooltip="Stop the job: graceful (final checkpoint), then "
                 "forced after the grace period; the monitor stays open"),
         Binding("l", "toggle_log", "Logs", tooltip="Show or hide the log view (tabs pick the process)"),
+        Binding("c", "next_chart", "Chart", tooltip="Show the next chart (loss, accuracy, learning "
+                "rate, staleness) when the screen fits only one"),
+        Binding("x", "toggle_axis", "Samples/time", tooltip="Charts' x axis: samples seen or wall time"),
+        Binding("e", "newest_error", "Newest error", tooltip="Show the logs at the newest error "
+                "(switches to a process whose log has one)"),
+        Binding("n", "toggle_noise", "Noise", show=False, tooltip="Show or fold known third-party "
+                "noise in the logs (the log files always keep it)"),
+        Binding("enter", "detail", "Detail", show=False, tooltip="The highlighted process in detail "
+                "(also a click on its row)"),
+        Binding("p", "screenshot_svg", "Screenshot", show=False,
+                tooltip="Save the screen as SVG in the run directory"),
         Binding("question_mark", "help", "Help", key_display="?", tooltip="This help"),
         Binding("q", "quit_monitor", "Quit", tooltip="Quit; asks whether to stop a running job "
                 "or leave it running in the background"),
-        Binding("tab", "focus_next", "Next panel", show=False, tooltip="Move to the next panel"),
+        Binding("tab", "focus_next", "Next panel", show=False,
+                tooltip="Move to the next panel (process table, log tabs, log)"),
         Binding("shift+tab", "focus_previous", "Previous panel", show=False,
-                tooltip="Move to the previous panel"),
-        Binding("right,down", "focus_next", "Next panel", show=False, key_display="→ ↓",
-                tooltip="Move to the next panel (when the focused widget does not use the key)"),
-        Binding("left,up", "focus_previous", "Previous panel", show=False, key_display="← ↑",
-                tooltip="Move to the previous panel"),
+                tooltip="Move to the previous panel; ↑ ↓ pick a process in the table"),
         Binding("ctrl+q", "quit_monitor", "Quit", show=False, tooltip="Same as q"),
     ]
 
     def __init__(self, config: RunConfig | None = None, *, run_dir: str | Path | None = None,
                  watch: Iterable[str | Path] = (), source_dirs: Iterable[str | Path] | None = None,
                  restart_on_change: bool = False, clock: Callable[[], float] = time.time,
-                 python: str | None = None) -> None:
+                 python: str | None = None, gpu: GpuStats | None = None) -> None:
         """Give `config` to start and own a job, or `run_dir` to watch an existing one.
 
         `source_dirs` replaces the watched source directories (tests watch a temp dir);
-        `watch` adds paths; `clock` is the wall clock for elapsed time (frozen in snapshots).
+        `watch` adds paths; `clock` is the wall clock for elapsed time (frozen in snapshots);
+        `gpu` replaces the NVML sampler (tests pass one without NVML, or a fake).
         """
         super().__init__()
         if (config is None) == (run_dir is None):
@@ -95,6 +127,13 @@ class AdtApp(App[int]):
         self.tail: EventTail | None = None
         self.stats = ProcStats()
         self.usage: dict[int, Usage] = {}
+        self.gpu = gpu if gpu is not None else GpuStats()
+        self.gpus: dict[int, GpuUsage] = {}
+        self.axis = AXES[0]
+        self.chart_index = 0  # the chart shown when the screen fits one (CHARTS)
+        self.narrow = self.short = False
+        self.logs_wanted: bool | None = None  # l pressed: the user's choice beats the layout's
+        self._chart_turn = 0  # draw_charts takes turns over the charts
         self.started_fingerprint = ""
         self.now_fingerprint: str | None = None
         self.stale_paths: list[str] = []
@@ -111,20 +150,35 @@ class AdtApp(App[int]):
         self._backlog = False
         self._catching_up = False
         self.watcher: SourceWatcher | None = None
-        # Panels outlive a worker (its last numbers stay) and are reused by the next run.
-        self.worker_panels: dict[int, WorkerPanel] = {}
 
     # --- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         # Held, not queried: queries go to the active screen, which may be a modal.
         self.header, self.alert_bar = RunHeader(id="header"), AlertBar(id="alerts")
-        self.server_panel, self.log_view = ServerPanel(), LogView()
-        self.grid = Grid(self.server_panel, id="panels")
+        self.table, self.detail, self.log_view = ProcessTable(), DetailPanel(id="detail"), LogView()
+        self.charts = {name: Chart(name, id=f"chart-{name}", classes="chart") for name in CHARTS}
         yield self.header
         yield self.alert_bar
-        yield self.grid
+        yield self.table
+        yield Grid(*self.charts.values(), self.detail, id="charts")
         yield self.log_view
         yield Footer()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.layout_for(event.size.width, event.size.height)
+
+    def layout_for(self, width: int, height: int) -> None:
+        """Pick the layout for a terminal size (see the module docstring)."""
+        self.narrow, self.short = width < NARROW, height < SHORT
+        self.set_class(self.narrow, "-narrow")
+        self.set_class(self.short, "-short")
+        self.log_view.display = (not self.short) if self.logs_wanted is None else self.logs_wanted
+        self._show_current_chart()
+        self.refresh_bindings()
+
+    def _show_current_chart(self) -> None:
+        for i, chart in enumerate(self.charts.values()):
+            chart.set_class(i == self.chart_index, "current")
 
     @property
     def owned(self) -> bool:
@@ -143,9 +197,10 @@ class AdtApp(App[int]):
             self._open_run(self.supervisor.run_dir)  # type: ignore[union-attr]
             if self.job_running():
                 self._start_watcher()
+        self.layout_for(*self.size)
         self.set_interval(TICK, self.tick)
         self.tick()
-        self.server_panel.focus()
+        self.table.focus()
 
     # --- the job ------------------------------------------------------------------------------
     def start_job(self, config: RunConfig) -> None:
@@ -205,6 +260,8 @@ class AdtApp(App[int]):
         if now - self._last_stats >= STATS_EVERY:
             self._last_stats = now
             self.usage = self.stats.sample(self._live_pids())
+            self.gpus = self.gpu.sample({pid: u.tree for pid, u in self.usage.items()},
+                                        self._gpu_devices())
             self._drawn = -1
         # Catching up, draw at the tick rate only: a redraw costs more than a slice of events.
         if not self._backlog or now - self._last_draw >= TICK:
@@ -250,6 +307,18 @@ class AdtApp(App[int]):
             return []
         return [c.pid for c in self.supervisor.children if c.running]
 
+    def _gpu_devices(self) -> dict[int, int]:
+        """pid -> the CUDA device index each process was given, from its events and the config."""
+        found: dict[int, int] = {}
+        cfg = self.state.config
+        server_device = str(cfg.get("device" if self.state.mode == "single" else "ps_device", ""))
+        named = [(self.state.server.pid, server_device)]
+        named += [(w.pid, w.device) for w in self.state.workers.values()]
+        for pid, device in named:
+            if pid and device.startswith("cuda:") and device[5:].isdigit():
+                found[pid] = int(device[5:])
+        return found
+
     # --- drawing ------------------------------------------------------------------------------
     def draw(self) -> None:
         """Redraw from the state; cheap when nothing changed (only the clock moves)."""
@@ -257,21 +326,16 @@ class AdtApp(App[int]):
                           self.now_fingerprint if self.stale_paths else None,
                           read_only=not self.owned)
         self.header.show(header_text(self.state, info, self.clock()))
+        self.draw_charts()
         if self._drawn == self.state.events:
             return
         self._drawn = self.state.events
         hint = ("Press r to restart with the current code." if self.owned else
                 "This monitor only watches: restart the job from a shell to run the new code.")
-        self.alert_bar.show(self._stale_names(), list(self.state.alerts), hint)
-        self.server_panel.show(self.state, self.usage.get(self.state.server.pid or -1))
-        for index, panel in self.worker_panels.items():
-            panel.display = index in self.state.workers  # a fresh run may have fewer workers
-        for index in sorted(self.state.workers):
-            w = self.state.workers[index]
-            if index not in self.worker_panels:
-                self.worker_panels[index] = WorkerPanel(index)
-                self.grid.mount(self.worker_panels[index])
-            self.worker_panels[index].show(w, self.usage.get(w.pid or -1))
+        self.alert_bar.show(self._stale_names(), list(self.state.alerts), hint,
+                            limit=1 if self.short else 3)
+        self.table.show(process_rows(self.state, self.usage, self.gpus), self.narrow, bool(self.gpus))
+        self._draw_detail()
         if self.run_dir is not None:  # every process that ever wrote a log, this run or an earlier start
             logs = {p.stem: p for p in sorted(self.run_dir.glob("logs/*.log"))}
             logs.update({c.name: c.log_path for c in self.supervisor.children})  # type: ignore[union-attr]
@@ -284,6 +348,35 @@ class AdtApp(App[int]):
             self.notify(alert.message, title=alert.code.replace("_", " "),
                         severity="error" if alert.level == "error" else "warning", timeout=8)
         self._alerts_seen = len(self.state.alerts)
+
+    def draw_charts(self, force: bool = False) -> None:
+        """Redraw charts whose curves moved, each at most every CHART_EVERY seconds, one per
+        call (a plot costs tens of ms: several at once would freeze the screen); `force` (a key
+        was pressed) redraws every shown chart now."""
+        now = time.monotonic()
+        shown = [chart for chart in self.charts.values() if chart.display]
+        turn = self._chart_turn % max(1, len(shown))
+        for chart in shown[turn:] + shown[:turn]:
+            key = (self.state.curves.changes, self.axis, chart.size.width)
+            first = chart.drawn_key is None
+            every = CHART_EVERY_CATCHING_UP if self._backlog else CHART_EVERY[chart.chart]
+            if key == chart.drawn_key or not (force or first) and now - chart.drawn_at < every:
+                continue
+            target = max(64, 2 * chart.size.width)
+            chart.show(chart_spec(chart.chart, self.state.curves, self.axis, target))
+            chart.drawn_key, chart.drawn_at = key, now
+            self._chart_turn = shown.index(chart) + 1
+            if not (force or first):
+                return
+
+    def _draw_detail(self) -> None:
+        self.detail.show(detail_text(self.state, self.table.selected, self.usage, self.gpus))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._draw_detail()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_detail()
 
     def _stale_names(self) -> list[str]:
         names = []
@@ -326,10 +419,63 @@ class AdtApp(App[int]):
     # --- keys ---------------------------------------------------------------------------------
     def action_help(self) -> None:
         bindings = [b for b in self.BINDINGS if isinstance(b, Binding)]
-        self.push_screen(HelpScreen(bindings, {b.key: self.get_key_display(b) for b in bindings}))
+        settings, source = self.effective_settings()
+        self.push_screen(HelpScreen(bindings, {b.key: self.get_key_display(b) for b in bindings},
+                                    settings, RunConfig().to_dict(), source))
+
+    def effective_settings(self) -> tuple[dict[str, object], str]:
+        """The run's resolved config and where it came from: its run_start event, else the run
+        directory's config.json, else the config this monitor was given."""
+        if self.state.config:
+            return dict(self.state.config), f" (as run {self.state.run_id} started)"
+        if self.run_dir is not None and (self.run_dir / "config.json").is_file():
+            try:
+                return json.loads((self.run_dir / "config.json").read_text()), " (config.json)"
+            except (OSError, ValueError):
+                pass
+        return (self.config.to_dict(), "") if self.config is not None else ({}, "")
 
     def action_toggle_log(self) -> None:
-        self.log_view.display = not self.log_view.display
+        self.logs_wanted = self.log_view.display = not self.log_view.display
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "next_chart":
+            return self.narrow  # with room for every chart there is nothing to cycle
+        return True
+
+    def action_next_chart(self) -> None:
+        self.chart_index = (self.chart_index + 1) % len(CHARTS)
+        self._show_current_chart()
+        self.draw_charts(force=True)
+
+    def action_toggle_axis(self) -> None:
+        self.axis = AXES[(AXES.index(self.axis) + 1) % len(AXES)]
+        self.draw_charts(force=True)
+
+    def action_toggle_noise(self) -> None:
+        self.log_view.toggle_noise()
+
+    def action_newest_error(self) -> None:
+        view = self.log_view
+        if not view.display:
+            self.logs_wanted = view.display = True
+        if view.jump_to_newest_error():
+            return
+        others = [name for name in view.tabs_with_errors() if name != view.active]
+        if not others:
+            self.notify("No errors in the logs.", severity="information")
+            return
+        view.select_then_jump(others[-1])
+
+    def action_detail(self) -> None:
+        self.push_screen(DetailScreen(detail_text(self.state, self.table.selected, self.usage,
+                                                  self.gpus)))
+
+    def action_screenshot_svg(self) -> None:
+        where = self.run_dir or Path.cwd()
+        name = f"screen-{time.strftime('%Y%m%d-%H%M%S')}.svg"
+        path = self.save_screenshot(name, str(where))
+        self.notify(f"saved {path}", title="screenshot", timeout=6)
 
     def action_stop(self) -> None:
         if self.busy or not self.job_running():

@@ -1,20 +1,19 @@
-"""The monitor's panels. Each draws from `RunState` (plus process usage) and nothing else.
+"""The monitor's panels. Each draws from `RunState` (plus process and GPU usage) and nothing else.
 
-The text of each panel is built by a plain function (`header_text`, `worker_text`, ...) that the
-widget only displays, so the same lines can be printed once without a screen (nvitop style).
+The text of each panel is built by a plain function (`header_text`, `process_rows`,
+`detail_text`, ...) that the widget only displays, so the same lines can be printed once without
+a screen (nvitop style). Charts are in charts.py, the log view in logview.py.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Label, Log, Sparkline, Static, Tab, Tabs
+from textual.widgets import DataTable, Static
 
+from .gpustats import GpuUsage
 from .procstats import Usage
 from .state import Alert, RunState, ServerState, WorkerState
 
@@ -47,9 +46,8 @@ def mib(nbytes: int | None) -> str:
     return "—" if nbytes is None else f"{nbytes / 2**20:.0f} MiB"
 
 
-def finite(values: object) -> list[float]:
-    """Sparklines cannot draw NaN/inf: leave those points out (the numbers above still show them)."""
-    return [v for v in values if isinstance(v, float) and math.isfinite(v)]  # type: ignore[attr-defined]
+def gib(nbytes: int | None) -> str:
+    return "—" if nbytes is None else f"{nbytes / 2**30:.1f} GiB"
 
 
 @dataclass
@@ -88,41 +86,174 @@ def header_text(run: RunState, info: HeaderInfo, now: float) -> Text:
     return text
 
 
-def worker_text(w: WorkerState, usage: Usage | None) -> Text:
+def usage_text(usage: Usage | None, gpu: GpuUsage | None) -> Text:
+    text = Text.assemble(("cpu ", "dim"), fmt(usage.cpu_percent if usage else None, ".0f")
+                         + ("%" if usage else ""), "  ", ("rss ", "dim"),
+                         mib(usage.rss_bytes if usage else None))
+    if gpu is not None:
+        text.append_text(Text.assemble(
+            "\n", ("gpu ", "dim"), str(gpu.index), "  ", gib(gpu.memory_bytes), "  ",
+            fmt(gpu.utilization, ".0f") + "% util",
+            (" (whole device: NVML cannot see this process)" if gpu.device_wide else "", "dim")))
+    return text
+
+
+# Short lines: the same text fills the detail pane (about 50 columns) and the detail screen.
+def worker_text(w: WorkerState, usage: Usage | None, gpu: GpuUsage | None = None) -> Text:
+    """Everything known about one worker, for the detail pane."""
     status_style = "green" if w.status == "running" else "red" if w.exit_code else "yellow"
+    timing = "  ".join(f"{k.replace('_', '/')} {fmt(v, '.1f')}" for k, v in w.timing.items())
     return Text.assemble(
-        (w.status, f"bold {status_style}"), "  ", ("pid ", "dim"), fmt(w.pid, "d"),
-        "  ", ("cpu ", "dim"), fmt(usage.cpu_percent if usage else None, ".0f") + ("%" if usage else ""),
-        "  ", ("rss ", "dim"), mib(usage.rss_bytes if usage else None), "\n",
+        (f"worker {w.worker}", "bold"), "  ", (w.status, f"bold {status_style}"),
+        ("" if not w.exit_reason else f" ({w.exit_reason})", "dim"), "\n",
+        ("pid ", "dim"), fmt(w.pid, "d"), "  ", ("host ", "dim"), w.host or "—",
+        "  ", ("device ", "dim"), w.device or "—", "\n",
         ("epoch ", "dim"), fmt(w.epoch, "d"), "  ", ("step ", "dim"), fmt(w.step, "d"),
-        "  ", ("img/s ", "dim"), fmt(w.images_per_s, ".1f"),
+        "  ", ("samples ", "dim"), fmt(w.samples, ",d"), "\n",
+        (fmt(w.images_per_s, ".1f"), "bold"), (" img/s", "dim"),
         "  ", ("staleness ", "dim"), fmt(w.staleness, "d"), "\n",
         ("loss ", "dim"), (fmt(w.loss, ".4f"), "bold"), "  ", ("acc ", "dim"), (pct(w.acc), "bold"),
+        (" (last interval)", "dim"), "\n",
+        ("step ms ", "dim"), timing or "—", "\n",
+        usage_text(usage, gpu), "\n",
+        ("code ", "dim"), w.code_fingerprint or "—",
     )
 
 
-def server_text(run: RunState, s: ServerState, usage: Usage | None) -> Text:
+def server_text(run: RunState, s: ServerState, usage: Usage | None,
+                gpu: GpuUsage | None = None) -> Text:
+    """Everything known about the parameter server (or the single process), for the detail pane."""
     v = run.validation
     last = run.checkpoints[-1] if run.checkpoints else None
-    text = Text.assemble(
-        (s.status, "bold green" if s.status == "running" else "bold yellow"), "  ",
-        ("pid ", "dim"), fmt(s.pid, "d"),
-        "  ", ("cpu ", "dim"), fmt(usage.cpu_percent if usage else None, ".0f") + ("%" if usage else ""),
-        "  ", ("rss ", "dim"), mib(usage.rss_bytes if usage else None), "\n",
-        ("version ", "dim"), (fmt(s.version, "d"), "bold"), "  ", ("epoch ", "dim"), fmt(s.epoch, "d"),
-        "  ", ("updates/s ", "dim"), fmt(s.updates_per_s, ".1f"), "  ", ("lr ", "dim"), fmt(s.lr, ".3g"),
+    name = "single process" if s.role == "single" else "parameter server"
+    return Text.assemble(
+        (name, "bold"), "  ", (s.status, "bold green" if s.status == "running" else "bold yellow"),
         "\n",
+        ("pid ", "dim"), fmt(s.pid, "d"), "  ", ("live workers ", "dim"), fmt(s.live_workers, "d"), "\n",
+        ("version ", "dim"), (fmt(s.version, "d"), "bold"), "  ", ("epoch ", "dim"), fmt(s.epoch, "d"),
+        "  ", ("samples ", "dim"), fmt(s.samples_seen, ",d"), "\n",
+        (fmt(s.updates_per_s, ".1f"), "bold"), (" updates/s", "dim"),
+        "  ", ("apply ", "dim"), fmt(s.apply_ms, ".2f"), (" ms", "dim"),
+        "  ", ("lr ", "dim"), fmt(s.lr, ".3g"), "\n",
         ("staleness ", "dim"), f"p50 {fmt(s.staleness_p50, 'g')}  p95 {fmt(s.staleness_p95, 'g')}  "
                                f"max {fmt(s.staleness_max, 'g')}",
         "  ", ("dropped ", "dim"), fmt(s.dropped, "d"), "\n",
         ("val ", "dim"),
         ("loss " + fmt(v.loss if v else None, ".4f") + "  acc " + pct(v.acc if v else None), "bold"),
         ("" if v is None or v.chance is None else f"  chance {pct(v.chance)}", "dim"), "\n",
-        ("checkpoints ", "dim"), str(len(run.checkpoints)),
-        ("" if last is None else f" (newest @ v{fmt(last.version, 'd')})", "dim"),
-        "  ", ("best acc ", "dim"), pct(run.best_val_acc),
+        ("best acc ", "dim"), pct(run.best_val_acc), "  ", ("checkpoints ", "dim"), str(len(run.checkpoints)),
+        ("" if last is None else f", newest v{fmt(last.version, 'd')}", "dim"), "\n",
+        usage_text(usage, gpu),
+        ("" if last is None else f"\n{last.path}", "dim"),
     )
-    return text
+
+
+# --- the process table ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    wide_only: bool = False  # left out on a narrow screen
+    gpu: bool = False  # shown only while some process uses a GPU
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("process", "process"), Column("state", "state"), Column("pid", "pid", wide_only=True),
+    Column("epoch", "epoch", wide_only=True), Column("progress", "progress"), Column("rate", "rate"),
+    Column("staleness", "staleness"), Column("loss", "loss"), Column("acc", "acc"),
+    Column("cpu", "cpu"), Column("rss", "rss", wide_only=True),
+    Column("gpu", "gpu", gpu=True), Column("gpu_mem", "gpu mem", gpu=True),
+    Column("gpu_util", "gpu util", gpu=True),
+)
+NUMERIC = {"pid", "epoch", "progress", "rate", "staleness", "loss", "acc", "cpu", "rss",
+           "gpu", "gpu_mem", "gpu_util"}
+
+
+def columns(narrow: bool, gpu: bool) -> list[Column]:
+    return [c for c in COLUMNS if not (c.wide_only and narrow) and (gpu or not c.gpu)]
+
+
+def _state(status: str, exit_code: int | None) -> Text:
+    style = "green" if status == "running" else "red" if exit_code else "yellow"
+    return Text(status, style=style)
+
+
+def _gpu_cells(gpu: GpuUsage | None) -> dict[str, str]:
+    if gpu is None:
+        return {"gpu": "—", "gpu_mem": "—", "gpu_util": "—"}
+    star = "*" if gpu.device_wide else ""  # device numbers: NVML could not see the process
+    return {"gpu": f"{gpu.index}{star}", "gpu_mem": gib(gpu.memory_bytes),
+            "gpu_util": fmt(gpu.utilization, ".0f") + "%"}
+
+
+def _usage_cells(usage: Usage | None) -> dict[str, str]:
+    return {"cpu": fmt(usage.cpu_percent if usage else None, ".0f") + ("%" if usage else ""),
+            "rss": mib(usage.rss_bytes if usage else None)}
+
+
+def process_rows(run: RunState, usage: dict[int, Usage],
+                 gpus: dict[int, GpuUsage]) -> dict[str, dict[str, str | Text]]:
+    """One row per process, server first: key -> column key -> cell."""
+    s = run.server
+    v = run.validation
+    rows: dict[str, dict[str, str | Text]] = {"ps": {
+        "process": Text("single" if s.role == "single" else "server", style="bold"),
+        "state": _state(s.status, s.exit_code), "pid": fmt(s.pid, "d"), "epoch": fmt(s.epoch, "d"),
+        "progress": f"v{fmt(s.version, 'd')}", "rate": f"{fmt(s.updates_per_s, '.1f')} upd/s",
+        "staleness": f"{fmt(s.staleness_p50, 'g')} / {fmt(s.staleness_max, 'g')}",
+        "loss": fmt(v.loss if v else None, ".3f") + " val", "acc": pct(v.acc if v else None) + " val",
+        **_usage_cells(usage.get(s.pid or -1)), **_gpu_cells(gpus.get(s.pid or -1)),
+    }}
+    for index in sorted(run.workers):
+        w = run.workers[index]
+        rows[f"w{index}"] = {
+            "process": Text(f"worker {index}", style="bold"), "state": _state(w.status, w.exit_code),
+            "pid": fmt(w.pid, "d"), "epoch": fmt(w.epoch, "d"), "progress": f"step {fmt(w.step, 'd')}",
+            "rate": f"{fmt(w.images_per_s, '.0f')} img/s", "staleness": fmt(w.staleness, "d"),
+            "loss": fmt(w.loss, ".3f"), "acc": pct(w.acc),
+            **_usage_cells(usage.get(w.pid or -1)), **_gpu_cells(gpus.get(w.pid or -1)),
+        }
+    return rows
+
+
+class ProcessTable(DataTable):
+    """One line per process; the highlighted row is the one the detail pane shows, enter opens it."""
+
+    def __init__(self) -> None:
+        super().__init__(id="procs", cursor_type="row", zebra_stripes=False, show_cursor=True)
+        self._columns: list[Column] = []
+
+    def show(self, rows: dict[str, dict[str, str | Text]], narrow: bool, gpu: bool) -> None:
+        cols = columns(narrow, gpu)
+        if cols != self._columns or list(rows) != [k.value for k in self.rows]:
+            keep = self.cursor_row
+            self.clear(columns=cols != self._columns)
+            if cols != self._columns:
+                for c in cols:
+                    self.add_column(Text(c.label, justify="right" if c.key in NUMERIC else "left"),
+                                    key=c.key)
+                self._columns = cols
+            for key, cells in rows.items():
+                self.add_row(*(_cell(c, cells) for c in cols), key=key)
+            self.move_cursor(row=min(keep, len(rows) - 1))
+            return
+        for key, cells in rows.items():
+            for c in cols:
+                self.update_cell(key, c.key, _cell(c, cells))
+
+    @property
+    def selected(self) -> str | None:
+        """The highlighted row's key ("ps" or "w<index>")."""
+        if not self.row_count:
+            return None
+        return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+
+
+def _cell(column: Column, cells: dict[str, str | Text]) -> str | Text:
+    value = cells.get(column.key, "")
+    if column.key in NUMERIC and isinstance(value, str):
+        return Text(value, justify="right")
+    return value
 
 
 def alert_lines(stale_paths: list[str], alerts: list[Alert], limit: int = 3,
@@ -154,8 +285,8 @@ class AlertBar(Static):
 
     _shown: Text | None = None
 
-    def show(self, stale_paths: list[str], alerts: list[Alert], hint: str) -> None:
-        text = alert_lines(stale_paths, alerts, hint=hint)
+    def show(self, stale_paths: list[str], alerts: list[Alert], hint: str, limit: int = 3) -> None:
+        text = alert_lines(stale_paths, alerts, limit=limit, hint=hint)
         if text == self._shown:
             return  # a new layout is costly and this bar changes rarely
         self._shown = text
@@ -163,143 +294,22 @@ class AlertBar(Static):
         self.update(text)
 
 
-class Curve(Horizontal):
-    """A labelled sparkline."""
+class DetailPanel(Static):
+    """The highlighted process in full: identity, progress, timing, usage."""
 
-    def __init__(self, label: str, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.label = label
+    _shown: Text | None = None
 
-    def compose(self) -> ComposeResult:
-        yield Label(self.label, classes="curve-label")
-        yield Sparkline([])
-
-    def set(self, values: object) -> None:
-        self.query_one(Sparkline).data = finite(values)
+    def show(self, text: Text) -> None:
+        if text != self._shown:
+            self._shown = text
+            self.update(text)
 
 
-class WorkerPanel(Vertical, can_focus=True):
-    """One worker: its numbers and its loss/accuracy curves; stays after the worker exits."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__(id=f"worker-{index}", classes="panel")
-        self.index = index
-        self.border_title = f"worker {index}"
-        self._latest: tuple[WorkerState, Usage | None] | None = None
-
-    def compose(self) -> ComposeResult:
-        yield Static(id="numbers")
-        yield Curve("loss", classes="loss")
-        yield Curve("acc ", classes="acc")
-
-    def on_mount(self) -> None:
-        # Numbers may have arrived while the panel was being mounted; its parts exist after a refresh.
-        self.call_after_refresh(self._draw_latest)
-
-    def _draw_latest(self) -> None:
-        if self._latest is not None:
-            self.show(*self._latest)
-
-    def show(self, w: WorkerState, usage: Usage | None) -> None:
-        self._latest = (w, usage)
-        if not self.is_mounted:
-            return
-        self.query_one("#numbers", Static).update(worker_text(w, usage), layout=False)
-        self.query_one(".loss", Curve).set(w.loss_history)
-        self.query_one(".acc", Curve).set(w.acc_history)
-        self.set_class(w.exited, "exited")
-        self.border_subtitle = w.status
-
-
-class ServerPanel(Vertical, can_focus=True):
-    """The parameter server (or the single process): versions, staleness, validation, checkpoints."""
-
-    def __init__(self) -> None:
-        super().__init__(id="server", classes="panel")
-        self.border_title = "parameter server"
-
-    def compose(self) -> ComposeResult:
-        yield Static(id="numbers")
-        yield Curve("val acc", classes="val")
-
-    def show(self, run: RunState, usage: Usage | None) -> None:
-        s = run.server
-        self.border_title = "single process" if s.role == "single" else "parameter server"
-        self.query_one("#numbers", Static).update(server_text(run, s, usage), layout=False)
-        self.query_one(".val", Curve).set([v.acc for v in run.validations])
-        self.set_class(s.exited, "exited")
-        self.border_subtitle = s.status
-
-
-class LogView(Vertical):
-    """The tail of one process's log (runs/<id>/logs/<name>.log); tabs switch the process."""
-
-    TAIL_BYTES = 32 * 1024  # what a newly chosen log shows of its past
-
-    def __init__(self) -> None:
-        super().__init__(id="logs")
-        self.border_title = "logs"
-        self.sources: dict[str, Path] = {}
-        self._offset = 0
-
-    def compose(self) -> ComposeResult:
-        yield Tabs(id="log-tabs")
-        yield Log(max_lines=2000, id="log")
-
-    def set_sources(self, sources: dict[str, Path]) -> None:
-        """The processes to offer (name -> log file); keeps the chosen one if it is still there."""
-        if list(sources) == list(self.sources) and sources == self.sources:
-            return
-        tabs = self.query_one(Tabs)
-        for name in sources:
-            if name not in self.sources:
-                tabs.add_tab(Tab(name, id=f"log-{name}"))
-        changed = {n: p for n, p in sources.items() if self.sources.get(n) != p}
-        self.sources = dict(sources)
-        if self.active in changed:
-            self._load()
-
-    @property
-    def active(self) -> str | None:
-        tab = self.query_one(Tabs).active_tab
-        return tab.id.removeprefix("log-") if tab and tab.id else None
-
-    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
-        event.stop()
-        self._load()
-
-    def _load(self) -> None:
-        """Show the end of the chosen log from scratch."""
-        log = self.query_one(Log)
-        log.clear()
-        self._offset = 0
-        path = self.sources.get(self.active or "")
-        if path is None:
-            return
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return
-        self._offset = max(0, size - self.TAIL_BYTES)
-        self.refresh_tail(skip_partial=self._offset > 0)
-
-    def refresh_tail(self, skip_partial: bool = False) -> None:
-        """Append what the chosen log gained since the last call."""
-        path = self.sources.get(self.active or "")
-        if path is None:
-            return
-        try:
-            with open(path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read(1 << 20)
-        except OSError:
-            return
-        end = chunk.rfind(b"\n") + 1  # whole lines only; the rest waits for the next refresh
-        if end == 0:
-            return
-        self._offset += end
-        text = chunk[:end].decode("utf-8", errors="replace")
-        if skip_partial:  # we started mid-file: drop the cut first line
-            text = text.split("\n", 1)[1] if "\n" in text else ""
-        if text:
-            self.query_one(Log).write(text)
+def detail_text(run: RunState, key: str | None, usage: dict[int, Usage],
+                gpus: dict[int, GpuUsage]) -> Text:
+    """The detail of table row `key` ("ps" or "w<index>"); the server when nothing is chosen."""
+    if key and key.startswith("w") and int(key[1:]) in run.workers:
+        w = run.workers[int(key[1:])]
+        return worker_text(w, usage.get(w.pid or -1), gpus.get(w.pid or -1))
+    s = run.server
+    return server_text(run, s, usage.get(s.pid or -1), gpus.get(s.pid or -1))

@@ -12,6 +12,7 @@ import psutil
 class Usage:
     cpu_percent: float  # summed over the process tree; 100 = one full core
     rss_bytes: int
+    tree: tuple[int, ...] = ()  # the root pid and its children (GPU use is found by these)
 
 
 class ProcStats:
@@ -26,13 +27,14 @@ class ProcStats:
         for pid in pids:
             try:
                 root = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
-                cpu, rss = 0.0, 0
+                cpu, rss, tree = 0.0, 0, []
                 for proc in [root, *root.children(recursive=True)]:
+                    tree.append(proc.pid)
                     known = self._procs.setdefault(proc.pid, proc)
                     with known.oneshot():
                         cpu += known.cpu_percent(None)
                         rss += known.memory_info().rss
-                result[pid] = Usage(cpu, rss)
+                result[pid] = Usage(cpu, rss, tuple(tree))
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 self._procs.pop(pid, None)
         return result

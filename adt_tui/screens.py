@@ -1,16 +1,17 @@
-"""Modal screens: a choice (confirm, quit, restart) and the help screen (posting style)."""
+"""Modal screens: a choice (confirm, quit, restart), the help screen (posting style) with the
+run's effective settings, and one process in detail."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
@@ -59,21 +60,63 @@ def confirm(title: str, message: str, yes: str) -> ChoiceScreen:
 
 
 class HelpScreen(ModalScreen[None]):
-    """Every key of the monitor, built from the same binding table the footer shows."""
+    """Every key of the monitor, built from the same binding table the footer shows, and below
+    them the run's effective settings (its resolved config; values not at their default in bold)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,question_mark,q", "dismiss(None)", "Close")]
 
-    def __init__(self, bindings: list[Binding], key_display: dict[str, str]) -> None:
+    def __init__(self, bindings: list[Binding], key_display: dict[str, str],
+                 settings: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None,
+                 source: str = "") -> None:
         super().__init__(classes="help")
         self.bindings, self.key_display = bindings, key_display
+        self.settings, self.defaults, self.source = settings or {}, defaults or {}, source
 
     def compose(self) -> ComposeResult:
-        table = Table(box=None, show_header=False, padding=(0, 2))
-        table.add_column(style="bold cyan", no_wrap=True)
-        table.add_column()
+        keys = Table(box=None, show_header=False, padding=(0, 2))
+        keys.add_column(style="bold cyan", no_wrap=True)
+        keys.add_column()
         for binding in self.bindings:
-            table.add_row(self.key_display[binding.key], binding.tooltip or binding.description)
-        with Vertical(id="dialog"):
+            keys.add_row(self.key_display[binding.key], binding.tooltip or binding.description)
+        with VerticalScroll(id="dialog"):
             yield Label("adt monitor: keys", id="dialog-title")
-            yield Static(table)
+            yield Static(keys)
+            if self.settings:
+                yield Label(f"settings of this run{self.source}", id="settings-title")
+                yield Static(settings_table(self.settings, self.defaults), id="settings")
             yield Label("Press escape or ? to close.", classes="dim")
+
+
+def settings_table(settings: dict[str, Any], defaults: dict[str, Any]) -> Table:
+    """name = value in two column pairs; a value that differs from its default is bold, with
+    the default beside it."""
+    table = Table(box=None, show_header=False, padding=(0, 1))
+    for _ in range(2):
+        table.add_column(style="cyan", no_wrap=True)
+        table.add_column(overflow="fold")
+    cells: list[tuple[str, Text]] = []
+    for name, value in settings.items():
+        shown = Text(repr(value) if isinstance(value, str) else str(value))
+        if name in defaults and defaults[name] != value:
+            shown.stylize("bold")
+            shown.append(f" (default {defaults[name]!r})", style="dim")
+        cells.append((name, shown))
+    half = (len(cells) + 1) // 2
+    for left, right in zip(cells[:half], [*cells[half:], ("", Text())], strict=False):
+        table.add_row(left[0], left[1], right[0], right[1])
+    return table
+
+
+class DetailScreen(ModalScreen[None]):
+    """One process in detail (enter on its row): what does not fit in a table line."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,enter,q", "dismiss(None)", "Close")]
+
+    def __init__(self, text: Text) -> None:
+        super().__init__(classes="detail")
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.text)
+            yield Label("Press escape to close.", classes="dim")

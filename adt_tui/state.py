@@ -1,10 +1,11 @@
 """A run as data: fold the events of `runs/<id>/events.jsonl` into one `RunState`.
 
 This is the monitor's only data layer (nvitop style: panels draw from it, nothing else), and it
-is deliberately plain Python: no Textual, no torch (engine.events is plain JSON), so the headless printer and a report command
-can reuse it. Feed it events in file order with `apply()`; read the attributes.
+is deliberately plain Python: no Textual, no torch (engine.events is plain JSON), so the headless
+printer and a report command can reuse it. Feed it events in file order with `apply()`; read the
+attributes. The curves for charts are folded alongside, by `series.Curves` (`state.curves`).
 
-Histories are bounded (`deque(maxlen=...)`) so a long or fast run costs constant memory.
+Everything kept is bounded, so a long or fast run costs constant memory.
 """
 
 from __future__ import annotations
@@ -19,22 +20,10 @@ from typing import Any
 
 from engine.events import read_events  # plain JSON reading: no torch, no Textual
 
-HISTORY = 240  # points kept per curve: enough for a sparkline many panels wide
+from .series import Curves, num
+
+MAX_VALIDATIONS = 240
 MAX_ALERTS = 200
-
-
-def num(value: Any) -> float | None:
-    """A number from an event field; the schema writes NaN/inf as strings."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)  # "nan", "inf", "-inf"
-        except ValueError:
-            return None
-    return None
 
 
 def describe_exit(code: int | None) -> str:
@@ -90,8 +79,6 @@ class WorkerState(ProcessState):
     staleness: int | None = None
     timing: dict[str, float] = field(default_factory=dict)
     last_t: float | None = None
-    loss_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
-    acc_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
 
 
 @dataclass
@@ -108,7 +95,6 @@ class ServerState(ProcessState):
     lr: float | None = None
     apply_ms: float | None = None
     live_workers: int | None = None
-    updates_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
 
 
 @dataclass
@@ -154,9 +140,10 @@ class RunState:
     epochs_done: int = 0
     server: ServerState = field(default_factory=ServerState)
     workers: dict[int, WorkerState] = field(default_factory=dict)
-    validations: deque[Validation] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    validations: deque[Validation] = field(default_factory=lambda: deque(maxlen=MAX_VALIDATIONS))
     checkpoints: list[Checkpoint] = field(default_factory=list)
     alerts: deque[Alert] = field(default_factory=lambda: deque(maxlen=MAX_ALERTS))
+    curves: Curves = field(default_factory=Curves)
     events: int = 0  # events applied; panels redraw only when this moved
     skipped: int = 0  # events of an unknown kind or a newer schema
 
@@ -205,6 +192,7 @@ class RunState:
         if t is not None:
             self.last_t = t if self.last_t is None else max(self.last_t, t)
         handler(event, t or 0.0)
+        self.curves.apply(event)
         self.events += 1
 
     def _on_run_start(self, e: dict[str, Any], t: float) -> None:
@@ -248,10 +236,6 @@ class RunState:
         w.staleness = e.get("staleness", w.staleness)
         w.timing = e.get("timing") or w.timing
         w.last_t = t
-        if w.loss is not None:
-            w.loss_history.append(w.loss)
-        if w.acc is not None:
-            w.acc_history.append(w.acc)
 
     def _on_ps_metrics(self, e: dict[str, Any], t: float) -> None:
         s = self.server
@@ -266,8 +250,6 @@ class RunState:
         s.lr = num(e.get("lr"))
         s.apply_ms = num(e.get("apply_ms"))
         s.live_workers = e.get("live_workers", s.live_workers)
-        if s.updates_per_s is not None:
-            s.updates_history.append(s.updates_per_s)
 
     def _on_validation(self, e: dict[str, Any], t: float) -> None:
         v = Validation(t, e.get("version"), e.get("epoch"), num(e.get("loss")), num(e.get("acc")),

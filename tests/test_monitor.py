@@ -13,7 +13,7 @@ import pytest
 from textual.pilot import Pilot
 
 from adt_tui.app import AdtApp, fingerprint
-from adt_tui.panels import AlertBar, WorkerPanel
+from adt_tui.panels import AlertBar
 from adt_tui.supervisor import kill_all
 from engine.config import RunConfig
 
@@ -70,8 +70,15 @@ async def wait_for(pilot: Pilot, what: str, cond: Callable[[], bool], timeout: f
 
 
 def workers_training(app: AdtApp, n: int = 2) -> bool:
-    return len(app.query(WorkerPanel)) == n and all(
-        w.step for w in app.state.workers.values()) and len(app.state.workers) == n
+    """n workers have stepped and each has its line in the process table (plus the server's)."""
+    return len(app.state.workers) == n and all(
+        w.step for w in app.state.workers.values()) and app.table.row_count == n + 1
+
+
+def charted(app: AdtApp, name: str) -> bool:
+    """The chart has drawn points of every worker."""
+    spec = app.charts[name].spec
+    return spec is not None and sum(bool(line.ys) for line in spec.lines) >= len(app.state.workers)
 
 
 def alert_text(app: AdtApp) -> str:
@@ -89,6 +96,8 @@ async def test_panels_update_stop_leaves_no_child_restart_and_quit(
         await wait_for(pilot, "numbers to update", lambda: app.state.workers[0].step != steps)
         assert "worker 0" in screen_text(app) and "worker 1" in screen_text(app)
         assert app.job_state() == "running"
+        await wait_for(pilot, "the loss and accuracy charts", lambda: charted(app, "loss")
+                       and charted(app, "acc"))
 
         # s asks first, then stops gracefully; the monitor stays open with the final numbers.
         await pilot.press("s")
@@ -170,7 +179,7 @@ async def test_worker_killed_with_sigkill_shows_exit_and_alert(
         await wait_for(pilot, "the killed worker's panel",
                        lambda: "killed (SIGKILL)" in screen_text(app), 10)
         assert f"worker 1 (pid {victim}) killed (SIGKILL)" in alert_text(app)
-        assert app.query_one("#worker-1", WorkerPanel).has_class("exited")
+        assert "killed (SIGKILL)" in str(app.table.get_cell("w1", "state"))
         assert app.is_running and app.state.workers[0].pid  # the monitor carries on
         app.exit()
     # Leaving with the job running must not take it down: the guard fixture cleans up.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from adt_tui.state import HISTORY, RunState, describe_exit
+from adt_tui.state import RunState, describe_exit
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -26,19 +26,14 @@ def test_recorded_run_folds_to_its_final_numbers() -> None:
     assert state.elapsed(now=1e12) == state.end_t - state.start_t
 
 
-def test_nan_strings_become_floats_and_keep_the_curve_going() -> None:
+def test_nan_strings_become_floats_and_stay_off_the_charts() -> None:
     state = RunState()
-    state.apply(ev("worker_metrics", worker=0, epoch=0, step=1, loss="nan", acc=0.5))
-    state.apply(ev("worker_metrics", worker=0, epoch=0, step=2, loss="inf", acc=0.5))
+    timing = {"data": 1.0, "compute": 1.0, "push_pull": 1.0}
+    state.apply(ev("worker_metrics", worker=0, epoch=0, step=1, loss="nan", acc=0.5, timing=timing))
+    state.apply(ev("worker_metrics", worker=0, epoch=0, step=2, loss="inf", acc=0.5, timing=timing))
     w = state.workers[0]
-    assert math.isinf(w.loss) and math.isnan(w.loss_history[0]) and len(w.loss_history) == 2
-
-
-def test_histories_are_bounded() -> None:
-    state = RunState()
-    for i in range(HISTORY + 50):
-        state.apply(ev("worker_metrics", worker=0, step=i, loss=1.0, acc=0.1))
-    assert len(state.workers[0].loss_history) == HISTORY
+    assert math.isinf(w.loss)  # the numbers say it
+    assert len(state.curves.train_loss[0]) == 0 and len(state.curves.train_acc[0]) == 2
 
 
 def test_unknown_kind_and_newer_schema_are_skipped() -> None:
@@ -71,12 +66,12 @@ def test_clean_exits_after_the_end_are_not_alerts() -> None:
 def test_resume_in_the_same_file_keeps_curves_and_clears_the_end() -> None:
     state = RunState()
     state.apply(ev("run_start", t=1, mode="async", workers=1, pid=10))
-    state.apply(ev("worker_metrics", worker=0, loss=2.0, acc=0.1))
+    state.apply(ev("worker_metrics", worker=0, loss=2.0, acc=0.1, timing={"compute": 1.0}))
     state.apply(ev("run_end", t=5, outcome="stopped"))
     state.apply(ev("run_start", t=9, mode="async", workers=1, pid=20, resumed=True))
     assert state.outcome is None and state.end_t is None and state.starts == 2
     assert state.server.pid == 20 and state.start_t == 1
-    assert list(state.workers[0].loss_history) == [2.0]
+    assert state.curves.train_loss[0].y == [2.0]
 
 
 def test_engine_alerts_are_kept_as_reported() -> None:
