@@ -10,11 +10,12 @@ from typing import TextIO
 
 from engine.config import DEFAULT_DATA, ConfigError, RunConfig
 
-from .supervisor import is_loopback
 
-
-def prepare_job(config: RunConfig, out: TextIO = sys.stdout) -> None:
+def prepare_job(config: RunConfig, out: TextIO = sys.stdout,
+                listeners: list[str] | None = None) -> None:
     """Create the built-in data on first use, check the data, a resume target and the port.
+
+    Prints the data report and where the job will listen (`listeners`, else `adt run`'s).
 
     Raises ConfigError, DataError or CheckpointError (all exit code 2) before anything runs.
     """
@@ -27,6 +28,8 @@ def prepare_job(config: RunConfig, out: TextIO = sys.stdout) -> None:
     from engine.preflight import preflight
 
     report = preflight(config)  # which data is it really reading: printed before anything starts
+    if listeners is not None:
+        report.listeners = listeners
     print("\n".join(report.lines()), file=out, flush=True)
     if config.resume:
         last = Path(config.checkpoints_dir) / config.resume / "last.pt"
@@ -39,9 +42,6 @@ def prepare_job(config: RunConfig, out: TextIO = sys.stdout) -> None:
         config.run_id = config.resume
     if config.port:
         _check_port_free(config.host, config.port)
-    if not is_loopback(config.host):
-        print(f"WARNING: RPC listens on {config.host}. torch RPC is unauthenticated: anyone who can "
-              "reach this port can run code in the job. Use only on a trusted network.", file=out)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -7,7 +7,10 @@ copy of the data against the PS's manifest (engine/datacheck.py).
 
 RPC meets at torchrun's own store: torchrun tells its processes to use the agent's store at
 MASTER_ADDR:MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE), and `engine.transport.init` asks for
-exactly that address, so no second port is opened for the rendezvous.
+exactly that address, so no second port is opened for the rendezvous. That store is torchrun's:
+node 0's agent serves it on every interface (`::`), which adt cannot narrow; what adt controls,
+TensorPipe and Gloo, listens on `--ifname` (lo for a loopback master). `engine.listen` says so at
+the start of every node.
 
 torchrun runs in its own session, so a terminal's Ctrl+C reaches only us; stopping follows the
 supervisor's discipline: SIGTERM to torchrun (which forwards it to its processes, and they stop
@@ -33,6 +36,7 @@ import psutil
 
 from engine.config import ConfigError, RunConfig
 from engine.events import EventTail, EventWriter
+from engine.listen import launch_listeners
 
 from .supervisor import PROJECT_ROOT, is_loopback, new_run_id
 
@@ -122,7 +126,7 @@ def prepare_run(config: RunConfig, plan: NodePlan, workers_flag: int | None, out
                           f"--nproc-per-node {plan.nproc_per_node} makes {workers} workers "
                           "(global rank 0 is the PS)", "drop --workers or change --nproc-per-node")
     config.workers = workers
-    prepare_job(config, out)  # built-in data on first use, data and resume checks
+    prepare_job(config, out, listeners=[])  # data and resume checks; launch() says what listens
     config.run_id = config.run_id or new_run_id()
     run_dir = Path(config.runs_dir).resolve() / config.run_id
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -139,9 +143,9 @@ def launch(plan: NodePlan, run_dir: Path | None, grace_period: float, out: TextI
     if plan.node_rank == 0 and plan.nnodes > 1:
         print(f"on each other node K (1..{plan.nnodes - 1}), from the project root:\n"
               f"  {other_node_command(plan)}", file=out, flush=True)
-    if not is_loopback(plan.master_host):
-        print("WARNING: torch RPC is unauthenticated: anyone who can reach these nodes' ports can "
-              "run code in the job. Use only on a trusted network.", file=out, flush=True)
+    listeners = launch_listeners(plan.master_host, plan.master_port,
+                                 node_env(plan).get("TP_SOCKET_IFNAME", ""), plan.node_rank)
+    print("\n".join(listeners), file=out, flush=True)
     if dry_run:
         return EXIT_OK
     env = {**os.environ, **node_env(plan), "PYTHONUNBUFFERED": "1",

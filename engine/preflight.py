@@ -22,6 +22,7 @@ import webdataset as wds
 from .config import RunConfig
 from .data import DataSpec, Split, decode_sample, reader_plan, resolve_data
 from .errors import DataError
+from .listen import run_listeners
 
 SAMPLES_PER_SHARD = 2  # enough to catch a wrong format, size or class map; cheap on any data set
 
@@ -34,6 +35,7 @@ class PreflightReport:
     readers: int
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    listeners: list[str] = field(default_factory=list)  # where the job will listen (engine.listen)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (for events.jsonl and run records)."""
@@ -56,7 +58,7 @@ class PreflightReport:
             lines.append(f"  {name:5} {s['samples']} samples in {s['shards']} shards: {s['dir']}")
         lines += [f"  warning: {text}" for text in self.warnings]
         lines.append(f"  checked in {self.seconds:.2f}s")
-        return lines
+        return lines + self.listeners
 
 
 def readers_of(config: RunConfig) -> int:
@@ -144,4 +146,5 @@ def preflight(config: RunConfig) -> PreflightReport:
                                "than it is. Fix: point --val-url at separate shards.")
     report.warnings += _reader_warnings(spec.train, readers, config)
     report.seconds = round(time.monotonic() - start, 3)
+    report.listeners = run_listeners(config.host, config.port, config.workers)
     return report

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.distributed import rpc
 
+from . import listen
 from .server import ParameterServer, Reply, resolve_device
 
 PS_NAME = "ps"
@@ -23,11 +24,14 @@ _server: ParameterServer | None = None  # set in the PS process by serve()
 def init(rank: int, world_size: int, host: str, port: int, timeout: float = 120.0) -> None:
     """Join the RPC group: rank 0 is the PS, rank k > 0 is worker k-1.
 
+    The rendezvous store (rank 0's, unless torchrun serves one) listens on `host` only, and
+    TensorPipe and Gloo on the interface holding `host` when it is an address of this machine.
     When both the worker's device (ADT_DEVICE) and the PS's (ADT_PS_DEVICE) are GPUs, a device
     map lets TensorPipe move gradients and parameters GPU to GPU, with no host round trip.
     """
+    listen.pin_interface(host)
     options = rpc.TensorPipeRpcBackendOptions(
-        init_method=f"tcp://{host}:{port}", rpc_timeout=timeout, num_worker_threads=16)
+        init_method=listen.rendezvous_url(host, port), rpc_timeout=timeout, num_worker_threads=16)
     name = PS_NAME if rank == 0 else f"worker{rank - 1}"
     ps_device = os.environ.get("ADT_PS_DEVICE", "cpu")
     if ps_device.startswith("cuda"):
