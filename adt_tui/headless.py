@@ -17,6 +17,7 @@ from engine.events import EventTail
 from engine.fingerprint import PROJECT_ROOT, SOURCE_DIRS, source_hash
 
 from .launch import prepare_job
+from .series import Curves
 from .supervisor import Supervisor
 from .watcher import SourceWatcher
 
@@ -35,6 +36,7 @@ class Printer:
         self.last_plain = 0.0
         self.bar_open = False
         self.outcome: str | None = None
+        self.curves = Curves()  # the monitor's fold: the closing summary reads it
 
     def line(self, text: str) -> None:
         if self.bar_open:
@@ -44,6 +46,7 @@ class Printer:
         self.out.flush()
 
     def event(self, e: dict[str, Any]) -> None:
+        self.curves.apply(e)
         kind = e["kind"]
         if kind == "run_start":
             self.train_samples, self.epochs = e["train_samples"], e["config"]["epochs"]
@@ -73,6 +76,9 @@ class Printer:
             best = e.get("best_val_acc")
             self.line(f"run {e['outcome']}: {e['message']}; version {e['version']}"
                       + (f", best val acc {best:.2%}" if isinstance(best, float) else ""))
+            summary = curve_summary(self.curves)
+            if summary:
+                self.line(summary)
 
     def _progress(self, e: dict[str, Any]) -> None:
         done = max(0, e["samples_seen"] - self.epoch_base)
@@ -89,6 +95,24 @@ class Printer:
         elif time.monotonic() - self.last_plain >= 5:
             self.last_plain = time.monotonic()
             self.line(text)
+
+
+def curve_summary(curves: Curves) -> str:
+    """One line on how the curves went: what the monitor's charts show, for a log."""
+    parts = []
+    firsts = [s.y[0] for s in curves.train_loss.values() if len(s)]
+    lasts = [s.y[-1] for s in curves.train_loss.values() if len(s)]
+    if firsts:
+        parts.append(f"train loss {sum(firsts) / len(firsts):.3g} -> {sum(lasts) / len(lasts):.3g} "
+                     f"(mean of {len(lasts)} worker{'s' if len(lasts) > 1 else ''})")
+    acc = curves.val_acc
+    if len(acc):
+        best = max(range(len(acc)), key=acc.y.__getitem__)
+        parts.append(f"val acc {acc.y[0]:.1%} -> {acc.y[-1]:.1%} (best {acc.y[best]:.1%} at "
+                     f"{acc.x[best]:,.0f} samples)")
+    if curves.staleness_counts:
+        parts.append(f"staleness median {curves.staleness_median():g}, max {max(curves.staleness_counts)}")
+    return "curves: " + "; ".join(parts) if parts else ""
 
 
 def _span(paths: list[str]) -> str:

@@ -1,6 +1,7 @@
 """`adt report`: runs plotted side by side (PNG and a self-contained HTML page) plus a text summary.
 
-Reads each run's `events.jsonl` only (no torch). The figure overlays the runs, one colour each:
+Reads each run's `events.jsonl` only (no torch), folded into curves by series.py, the same
+code that feeds the monitor's charts. The figure overlays the runs, one colour each:
 training loss and accuracy per worker over time, validation loss and accuracy over samples seen
 and over time. That is the comparison a user needs to judge async training against the
 `--workers 0` baseline: does it learn as well per sample, and does it get there sooner?
@@ -10,21 +11,20 @@ from __future__ import annotations
 
 import base64
 import html
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from engine.events import read_events
 
 from .history import find_run, format_duration, run_info
+from .series import Curves
 
 LINESTYLES = ("-", "--", ":", "-.")
 
 
 @dataclass
 class RunSeries:
-    """One run's curves, times in seconds since its first start."""
+    """One run's curves, times in seconds since its first start (from the fold in series.py)."""
 
     run_id: str
     label: str
@@ -32,38 +32,39 @@ class RunSeries:
     epochs: int
     duration: float | None
     chance: float | None = None
-    train: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # worker -> t, loss, acc
+    # worker -> {"t_loss", "loss", "t_acc", "acc"} (NaN losses are left out, so the times differ)
+    train: dict[int, dict[str, list[float]]] = field(default_factory=dict)
     val: dict[str, list[float]] = field(default_factory=lambda: {"t": [], "samples": [], "loss": [], "acc": []})
-    staleness: list[int] = field(default_factory=list)
+    staleness_median: float | None = None
+    staleness_max: int | None = None
     samples_seen: int = 0
 
 
 def load_series(run_dir: Path) -> RunSeries:
-    """A run's curves from its event stream."""
+    """A run's curves from its event stream, folded by the same code as the monitor's charts."""
     info = run_info(run_dir)
     mode = "single process (--workers 0)" if info.workers == 0 else f"async, {info.workers} workers"
     series = RunSeries(info.run_id, f"{info.run_id}: {mode}", info.state, 0, info.duration)
-    t0 = None
+    curves = Curves()
     for e in read_events(run_dir / "events.jsonl"):
-        t0 = e["t"] if t0 is None else t0
-        t = e["t"] - t0
-        kind = e["kind"]
-        if kind == "run_start":
+        curves.apply(e)
+        if e["kind"] == "run_start":
             series.epochs = e["config"].get("epochs", 0)
-        elif kind == "worker_metrics" and _num(e.get("loss")) and e.get("timing"):
-            # (no timing: an interval without a finished step, whose loss and acc read 0)
-            curve = series.train.setdefault(e["worker"], {"t": [], "loss": [], "acc": []})
-            curve["t"].append(t)
-            curve["loss"].append(e["loss"])
-            curve["acc"].append(e["acc"])
-            if isinstance(e.get("staleness"), int):
-                series.staleness.append(e["staleness"])
-        elif kind == "validation" and _num(e.get("loss")) and _num(e.get("acc")):
-            for key, value in (("t", t), ("samples", e["samples_seen"]), ("loss", e["loss"]), ("acc", e["acc"])):
+    for worker in curves.workers:
+        loss, acc = curves.train_loss[worker], curves.train_acc[worker]
+        if len(loss):
+            series.train[worker] = {"t_loss": loss.t, "loss": loss.y, "t_acc": acc.t, "acc": acc.y}
+    # Validation: the points where both loss and accuracy are numbers.
+    acc_at = dict(zip(curves.val_acc.t, zip(curves.val_acc.x, curves.val_acc.y, strict=True), strict=True))
+    for t, loss in zip(curves.val_loss.t, curves.val_loss.y, strict=True):
+        if t in acc_at:
+            x, acc = acc_at[t]
+            for key, value in (("t", t), ("samples", x), ("loss", loss), ("acc", acc)):
                 series.val[key].append(value)
-            series.chance = e.get("chance", series.chance)
-        elif kind in ("ps_metrics", "epoch_end"):
-            series.samples_seen = max(series.samples_seen, e.get("samples_seen") or 0)
+    series.chance = curves.chance
+    series.staleness_median = curves.staleness_median()
+    series.staleness_max = max(curves.staleness_counts, default=None)
+    series.samples_seen = int(curves.samples)
     return series
 
 
@@ -75,8 +76,8 @@ def summarize(runs: list[RunSeries]) -> str:
         best = max(r.val["acc"], default=None)
         final = r.val["acc"][-1] if r.val["acc"] else None
         speed = r.samples_seen / r.duration if r.duration else None
-        stale = (f", staleness median {statistics.median(r.staleness):g} max {max(r.staleness)}"
-                 if r.staleness and any(r.staleness) else "")
+        stale = (f", staleness median {r.staleness_median:g} max {r.staleness_max}"
+                 if r.staleness_max else "")
         lines.append(f"{r.run_id:<{width}}  {r.label.split(': ', 1)[1]}, {r.state}, {r.epochs} epochs: "
                      f"best val acc {_pct(best)} (final {_pct(final)}), {format_duration(r.duration)}, "
                      f"{f'{speed:.0f}' if speed else '-'} train samples/s{stale}")
@@ -102,8 +103,8 @@ def plot(runs: list[RunSeries], path: Path) -> None:
         for worker, curve in sorted(r.train.items()):
             style = LINESTYLES[worker % len(LINESTYLES)]
             label = f"{r.run_id} worker {worker}"
-            axes[0, 0].plot(curve["t"], curve["loss"], style, color=color, alpha=0.8, label=label)
-            axes[0, 1].plot(curve["t"], curve["acc"], style, color=color, alpha=0.8, label=label)
+            axes[0, 0].plot(curve["t_loss"], curve["loss"], style, color=color, alpha=0.8, label=label)
+            axes[0, 1].plot(curve["t_acc"], curve["acc"], style, color=color, alpha=0.8, label=label)
         for row, x in ((1, "samples"), (2, "t")):
             axes[row, 0].plot(r.val[x], r.val["loss"], "o-", color=color, label=r.label)
             axes[row, 1].plot(r.val[x], r.val["acc"], "o-", color=color, label=r.label)
@@ -159,11 +160,6 @@ def write_report(run_ids: list[str], runs_dir: str | Path = "runs",
     html_path = png.with_suffix(".html")
     write_html(runs, png, summary, html_path)
     return png, html_path, summary
-
-
-def _num(value: Any) -> bool:
-    """A finite number (the event stream writes NaN and infinities as strings)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _pct(value: float | None) -> str:

@@ -125,9 +125,10 @@ class Curves:
     samples: float = 0.0  # samples seen so far (all workers): the x of the next point
     t0: float | None = None
     changes: int = 0  # moves whenever a curve moved: charts redraw only then
-    # How `samples` is estimated: the PS's samples_seen (+ shift after a resume, which redoes the
-    # interrupted epoch), or between PS reports the workers' own counts (+ base).
+    # The samples axis: the PS's samples_seen for its points (+ shift after a resume, which redoes
+    # the interrupted epoch); for a worker's point, the workers' own counts (+ base) when ahead.
     _shift: float = 0.0
+    _ps_x: float = 0.0  # the PS's last count, shifted
     _base: float = 0.0
     _worker_samples: dict[int, float] = field(default_factory=dict)
     _workers_total: float = 0.0  # sum of _worker_samples, kept as it changes
@@ -186,20 +187,23 @@ class Curves:
         if own is not None:
             self._workers_total += own - self._worker_samples.get(w, 0.0)
             self._worker_samples[w] = own
-            self.samples = max(self.samples, self._base + self._workers_total)
+        x = max(self._ps_x, self._base + self._workers_total)
+        self.samples = max(self.samples, x)
         if w not in self.train_loss:
             self.train_loss[w], self.train_acc[w] = Series(), Series()
-        self.train_loss[w].add(t, self.samples, num(e.get("loss")))
-        self.train_acc[w].add(t, self.samples, num(e.get("acc")))
+        self.train_loss[w].add(t, x, num(e.get("loss")))
+        self.train_acc[w].add(t, x, num(e.get("acc")))
         stale = e.get("staleness")
         if isinstance(stale, int) and not isinstance(stale, bool):
             self.staleness_counts[stale] += 1
 
     def _ps_samples(self, e: dict[str, Any]) -> float:
+        """The PS's own count (the truth for its points), continued across resumes."""
         raw = num(e.get("samples_seen"))
         if raw is not None:
-            self.samples = max(self.samples, raw + self._shift)
-        return self.samples
+            self._ps_x = raw + self._shift
+            self.samples = max(self.samples, self._ps_x)
+        return self._ps_x
 
     def _start(self, e: dict[str, Any]) -> None:
         if not self.changes:

@@ -133,3 +133,17 @@ async def test_a_100k_event_file_renders_its_final_state(tmp_path: Path) -> None
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def test_the_headless_printer_closes_with_the_same_curves() -> None:
+    import io
+
+    from adt_tui.headless import Printer
+    from engine.events import read_events
+
+    out = io.StringIO()
+    printer = Printer(out)
+    for event in read_events(FIXTURES / "run" / "events.jsonl"):
+        printer.event(event)
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("curves: train loss") and "val acc 35.0% -> 86.2% (best 93.8%" in last
