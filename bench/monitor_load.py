@@ -4,7 +4,8 @@
 
 Writes a synthetic run (the shape a fast 8-worker job writes) to a temp dir, opens the real
 monitor on it headless (`adt watch` mode), and reports how long until the final state is on
-screen, and the longest stall of the event loop meanwhile: a stall is a freeze a person would
+screen (and its curves in the charts; each chart redraws at most once a second, every two while
+reading a backlog), and the longest stall of the event loop meanwhile: a stall is a freeze a person would
 see (keys and redraws wait for it). `--live` appends the events while the monitor runs instead
 of writing them first. A benchmark, not a test: it prints numbers and asserts nothing.
 """
@@ -93,7 +94,12 @@ async def measure(run_dir: Path, lines: list[str], live: bool) -> dict[str, floa
         await pilot.pause()
         caught_up = time.perf_counter() - start
         header = str(app.query_one("#header").render())
-    return {"seconds": caught_up, "opened": opened, "max_stall": max(stalls or [0.0]),
+        loss = app.charts["loss"]
+        while loss.drawn_key is None or loss.drawn_key[0] != app.state.curves.changes:
+            await pilot.pause(0.05)  # the final curves reach the chart within a second
+        charted = time.perf_counter() - start
+        builds = sum(chart.builds for chart in app.charts.values())
+    return {"seconds": caught_up, "charted": charted, "builds": builds, "opened": opened, "max_stall": max(stalls or [0.0]),
             "events": app.state.events, "slow": sum(s > 0.1 for s in stalls), "beats": len(stalls),
             "finished_on_screen": float("FINISHED" in header),
             "p99_stall": sorted(stalls)[int(0.99 * (len(stalls) - 1))] if stalls else 0.0}
@@ -121,6 +127,8 @@ def main() -> None:
     print(f"  plain fold (RunState.from_file, no screen): {fold:.2f} s")
     print(f"  monitor: final state on screen after {result['seconds']:.2f} s "
           f"({result['events']:,.0f} events applied, FINISHED shown: {bool(result['finished_on_screen'])})")
+    print(f"  charts: final curves drawn after {result['charted']:.2f} s; "
+          f"{result['builds']:.0f} chart pictures built in all")
     print(f"  the screen was up after {result['opened']:.2f} s; then a 10 ms heartbeat ran "
           f"{result['beats']:.0f} times: longest stall {result['max_stall'] * 1000:.0f} ms, "
           f"p99 {result['p99_stall'] * 1000:.0f} ms, {result['slow']:.0f} stalls over 100 ms")
