@@ -457,15 +457,17 @@ class AdtApp(App[int]):
 
     def action_newest_error(self) -> None:
         view = self.log_view
-        if not view.display:
-            self.logs_wanted = view.display = True
-        if view.jump_to_newest_error():
-            return
-        others = [name for name in view.tabs_with_errors() if name != view.active]
-        if not others:
+        others = [] if view.error_count else [n for n in view.tabs_with_errors() if n != view.active]
+        if not (view.error_count or others):
             self.notify("No errors in the logs.", severity="information")
             return
-        view.select_then_jump(others[-1])
+        if others:
+            view.select_then_jump(others[-1])
+        elif view.display:
+            view.jump_to_newest_error()
+        else:  # it has no size until the next layout
+            view.query_one("#log").call_after_refresh(view.jump_to_newest_error)
+        self.logs_wanted = view.display = True
 
     def action_detail(self) -> None:
         self.push_screen(DetailScreen(detail_text(self.state, self.table.selected, self.usage,

@@ -171,7 +171,10 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     mantissas = (1, 2, 5) if hi - lo <= 3 else (1,)
     ticks = [math.log10(m) + d for d in range(math.floor(lo), math.ceil(hi) + 1) for m in mantissas]
     inside = [t for t in ticks if lo <= t <= hi]
-    return inside if len(inside) >= 2 else [lo, hi]
+    if len(inside) >= 3:
+        return inside
+    # Less than a decade: round values of the loss itself, placed on the log axis.
+    return [math.log10(v) for v in nice_ticks(10 ** lo, 10 ** hi, 4) if v > 0]
 
 
 # --- the widget -------------------------------------------------------------------------------
@@ -256,7 +259,7 @@ class Chart(PlotextPlot):
             plt.yticks(steps, [f"{100 * s:.0f}%" for s in steps])
         elif log:
             yt = log_ticks(y_lo, y_hi)
-            plt.yticks(yt, [value_label(10 ** t, 10 ** t) for t in yt])
+            plt.yticks(yt, [f"{10 ** t:.3g}" for t in yt])
         else:
             yt = nice_ticks(y_lo, y_hi, max(2, height // 4))
             step = yt[1] - yt[0] if len(yt) > 1 else abs(yt[0]) or 1

@@ -239,7 +239,7 @@ class ProcessTable(DataTable):
             return
         for key, cells in rows.items():
             for c in cols:
-                self.update_cell(key, c.key, _cell(c, cells))
+                self.update_cell(key, c.key, _cell(c, cells), update_width=True)
 
     @property
     def selected(self) -> str | None:
