@@ -14,6 +14,37 @@ from engine.errors import CheckpointError, DataError
 EXIT_BAD_INPUT = 2
 
 
+class _ShowDefaults(argparse.HelpFormatter):
+    """`--help` with every flag's default. A run flag's argparse default is None (so a TOML file
+    can fill it in): its default shown is the RunConfig field's, read when help is printed, so a
+    new field shows up by itself."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or action.help == argparse.SUPPRESS or "default" in text:
+            return action.help
+        config = RunConfig().to_dict()
+        if action.default is None and action.dest in config:
+            value = config[action.dest]
+        elif action.default not in (None, argparse.SUPPRESS):
+            value = action.default
+        else:
+            return action.help
+        shown = ("on" if value else "off") if isinstance(value, bool) else repr(value) if value == "" else value
+        return f"{text} (default: {str(shown).replace('%', '%%')})".lstrip()
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Use _ShowDefaults for this parser and every subcommand's."""
+    parser.formatter_class = _ShowDefaults
+    for action in parser._actions:
+        if action.help is None and action.option_strings:
+            action.help = action.dest.replace("_", " ")  # argparse prints no help, so no default
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
+
+
 def _run_flags(p: argparse.ArgumentParser) -> None:
     """Flags for every RunConfig field (None = not given, so TOML or the default stands)."""
     p.add_argument("--config", help="TOML file with run settings (flags win)")
@@ -26,11 +57,21 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-updates", type=int, help="stop after this many updates (0: all epochs)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", help="sgd or adamw")
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="peak learning rate (reached at the end of the warmup)")
+    p.add_argument("--lr-schedule", help="after the warmup: cosine (to zero), step (x0.1 at 50%% and "
+                   "75%% of the run) or constant")
+    p.add_argument("--warmup", help="linear LR warmup: updates (300) or epochs (1ep, 0.5ep); 0 for none")
     p.add_argument("--momentum", type=float)
     p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing, e.g. 0.1")
+    p.add_argument("--augment", help="training augmentation: flip-crop (random crop + flip) or none")
     p.add_argument("--workers", type=int, help="worker processes; 0 trains in one process, no RPC")
-    p.add_argument("--staleness-policy", help="none or lr/staleness")
+    p.add_argument("--update-rule", help="how the PS applies pushes: async-momentum, dc-asgd, "
+                   "local-sgd, lr/staleness or sgd (README: choosing a rule)")
+    p.add_argument("--local-steps", type=int, help="local-sgd: worker steps between exchanges")
+    p.add_argument("--outer-lr", type=float, help="local-sgd: the PS's step size on a worker's delta")
+    p.add_argument("--outer-momentum", type=float, help="local-sgd: the PS's Nesterov momentum")
+    p.add_argument("--dc-lambda", type=float, help="dc-asgd: strength of the delay compensation")
     p.add_argument("--max-staleness", type=int, help="drop pushes staler than this (0: no bound)")
     p.add_argument("--transfer-dtype", help="fp32 or bf16 for parameter/gradient traffic")
     p.add_argument("--transport", help="flat (one buffer per message) or plain (per-parameter; for comparison)")
@@ -41,6 +82,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loader-workers", type=int, help="DataLoader processes per worker (0: inline)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--eval-every", type=int, help="validate every K updates (0: once per epoch)")
+    p.add_argument("--bn-recompute", type=int, help="training samples to recompute BatchNorm "
+                   "statistics on before each validation (0: average the workers' statistics)")
     p.add_argument("--stop-on-divergence", action="store_true", default=None)
     p.add_argument("--worker-timeout", type=float)
     p.add_argument("--host", help="RPC address (default 127.0.0.1, loopback only)")
@@ -232,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--runs-dir", default="runs")
     clean.add_argument("--checkpoints-dir", default="checkpoints")
     clean.set_defaults(func=cmd_clean)
+    _show_defaults(parser)
     return parser
 
 

@@ -15,7 +15,9 @@ import tomllib
 
 MODELS = ("cnn", "resnet18")
 OPTIMIZERS = ("sgd", "adamw")
-STALENESS_POLICIES = ("none", "lr/staleness")
+UPDATE_RULES = ("sgd", "lr/staleness", "async-momentum", "dc-asgd", "local-sgd")
+LR_SCHEDULES = ("constant", "cosine", "step")
+AUGMENTS = ("flip-crop", "none")
 DEVICES = ("auto", "cpu", "cuda")
 TRANSFER_DTYPES = ("fp32", "bf16")
 TRANSPORTS = ("flat", "plain")
@@ -46,12 +48,20 @@ class RunConfig:
     max_updates: int = 0  # stop after this many applied updates (0: run all epochs)
     batch_size: int = 64
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = 0.05  # the peak learning rate (reached at the end of the warmup)
+    lr_schedule: str = "cosine"  # after the warmup: cosine to zero, step (x0.1 at 50% and 75%), constant
+    warmup: str = "1ep"  # linear warmup: "2ep" in epochs, "300" in updates, "0" for none
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    # asynchrony
+    label_smoothing: float = 0.0
+    augment: str = "flip-crop"  # training only: random crop (padded, or resized for large images) + flip
+    # asynchrony: how the PS turns pushes into updates (engine/rules.py)
     workers: int = 2
-    staleness_policy: str = "none"
+    update_rule: str = "dc-asgd"
+    local_steps: int = 4  # local-sgd: worker steps between exchanges
+    outer_lr: float = 1.0  # local-sgd: the PS's step size on a worker's delta
+    outer_momentum: float = 0.0  # local-sgd: the PS's Nesterov momentum on deltas
+    dc_lambda: float = 2.0  # dc-asgd: the delay compensation's strength (adaptive, DC-ASGD-a)
     max_staleness: int = 0  # 0: no bound
     transfer_dtype: str = "fp32"
     overlap: bool = False  # push step k while step k+1 computes (hides the round trip; +1 staleness)
@@ -63,6 +73,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the workers' model
     # evaluation, checkpoints, health
     eval_every: int = 0  # updates between validations; 0: once per epoch
+    bn_recompute: int = 2048  # training samples to recompute BatchNorm statistics on before validating
     stop_on_divergence: bool = False
     chance_warmup_evals: int = 1
     worker_timeout: float = 60.0
@@ -98,6 +109,8 @@ class RunConfig:
         def bad(name: str, problem: str, fix: str) -> None:
             raise ConfigError(name, problem, fix, source)
 
+        if isinstance(self.warmup, (int, float)) and not isinstance(self.warmup, bool):
+            self.warmup = str(self.warmup)  # TOML `warmup = 300` means updates
         for name, kind in _TYPES.items():
             value = getattr(self, name)
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -108,8 +121,23 @@ class RunConfig:
             bad("model", f"is {self.model!r}, which is not a known model", f"use one of {MODELS}")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"is {self.optimizer!r}", f"use one of {OPTIMIZERS}")
-        if self.staleness_policy not in STALENESS_POLICIES:
-            bad("staleness_policy", f"is {self.staleness_policy!r}", f"use one of {STALENESS_POLICIES}")
+        if self.update_rule not in UPDATE_RULES:
+            bad("update_rule", f"is {self.update_rule!r}", f"use one of {UPDATE_RULES}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad("lr_schedule", f"is {self.lr_schedule!r}", f"use one of {LR_SCHEDULES}")
+        if self.augment not in AUGMENTS:
+            bad("augment", f"is {self.augment!r}", f"use one of {AUGMENTS}")
+        if parse_warmup(self.warmup) is None:
+            bad("warmup", f"is {self.warmup!r}", "pass updates (e.g. 300) or epochs (e.g. 1ep, 0.5ep)")
+        if self.local_steps < 1:
+            bad("local_steps", f"is {self.local_steps}, but it must be at least 1", "pass e.g. --local-steps 4")
+        if not 0 <= self.label_smoothing < 1:
+            bad("label_smoothing", f"is {self.label_smoothing}", "use a value in [0, 1)")
+        if not 0 <= self.outer_momentum < 1:
+            bad("outer_momentum", f"is {self.outer_momentum}", "use a value in [0, 1)")
+        for name in ("outer_lr", "dc_lambda"):
+            if getattr(self, name) < 0:
+                bad(name, f"is {getattr(self, name)}, but it cannot be negative", f"pass {name} >= 0")
         for name in ("device", "ps_device"):
             value = getattr(self, name)
             if value not in DEVICES and not (value.startswith("cuda:") and value[5:].isdigit()):
@@ -125,7 +153,7 @@ class RunConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 bad(name, f"is {getattr(self, name)}, but it must be at least 1", f"pass a positive {name}")
-        for name in ("num_classes", "max_updates", "momentum", "weight_decay", "max_staleness", "eval_every",
+        for name in ("num_classes", "max_updates", "momentum", "weight_decay", "max_staleness", "eval_every", "bn_recompute",
                      "loader_workers", "chance_warmup_evals", "port"):
             if getattr(self, name) < 0:
                 bad(name, f"is {getattr(self, name)}, but it cannot be negative", f"pass {name} >= 0")
@@ -142,6 +170,17 @@ class RunConfig:
             bad("val_url" if self.train_url else "train_url", "is missing while the other URL is set",
                 "pass both --train-url and --val-url, or --data DIR")
         return self
+
+
+def parse_warmup(text: str) -> tuple[float, str] | None:
+    """'300' -> (300, 'updates'); '1ep' or '0.5ep' -> (1.0, 'epochs'); None if malformed."""
+    text = str(text).strip()
+    unit = "epochs" if text.endswith("ep") else "updates"
+    try:
+        value = float(text.removesuffix("ep"))
+    except ValueError:
+        return None
+    return (value, unit) if value >= 0 and value == value else None
 
 
 _TYPES: dict[str, type] = {

@@ -26,6 +26,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from .augment import flip_crop
 from .errors import DataError
 from .shards import MANIFEST
 
@@ -184,11 +185,12 @@ class ShardStream(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, split: Split, worker: int, workers: int, loader_workers: int,
-                 batch_size: int, train: bool, seed: int = 0) -> None:
+                 batch_size: int, train: bool, seed: int = 0, augment: str = "none") -> None:
         self.split = split
         self.worker, self.workers = worker, workers
         self.loader_workers = max(1, loader_workers)
         self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.augment = train and augment == "flip-crop"
         self.epoch = 0
         self.size = tuple(split.manifest["image_size"])
         self.num_classes = len(split.manifest["classes"])
@@ -210,12 +212,20 @@ class ShardStream(torch.utils.data.IterableDataset):
         for sample in wds.tarfile_to_samples()(iter([{"url": url} for url in shards])):
             index += 1
             if (index - 1) % stride == offset:
-                yield decode_sample(sample, self.size, self.num_classes)
+                image, label = decode_sample(sample, self.size, self.num_classes)
+                yield (flip_crop(image, rng) if self.augment else image), label
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         samples = self.samples()
         if self.train:
             samples = _shuffled(samples, 1000, random.Random(self.seed + self.epoch))
+        return self._batches(samples)
+
+    def head(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in shard order (shards shuffled, samples not): a quick sample of the split."""
+        return self._batches(self.samples())
+
+    def _batches(self, samples: Iterator[tuple[np.ndarray, int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batch: list[tuple[np.ndarray, int]] = []
         for item in samples:
             batch.append(item)

@@ -1,8 +1,10 @@
-"""Validation of the global model: every validation sample exactly once, loss and top-1 accuracy."""
+"""Validation of the global model: every validation sample exactly once, loss and top-1 accuracy;
+and the BatchNorm statistics it is validated with."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -10,6 +12,38 @@ from torch import nn
 
 from .data import DataError, ShardStream, Split, make_loader
 from .models import normalize
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+                        samples: int, device: torch.device) -> int:
+    """Set every BatchNorm's running statistics to the exact mean/variance over `samples`
+    training samples at the current weights; returns how many samples it saw.
+
+    Running statistics are an average over past weights (and, async, over several workers'
+    copies); while the weights move fast they lag, and validation suffers for it.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    model.train()
+    seen = 0
+    for images, _ in batches:
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            model(normalize(images).contiguous(memory_format=torch.channels_last))
+        seen += images.shape[0]
+        if seen >= samples:
+            break
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return seen
 
 
 @torch.no_grad()

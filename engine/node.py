@@ -110,13 +110,17 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
 
     shapes = {k: list(v.shape) for k, v in build_model(config.model, len(spec.classes)).state_dict().items()}
     resume = load_resume(config, meta, shapes, events)
-    server = ParameterServer(config, spec, events, max(1, world_size - 1), device, checkpoint_dir, meta, resume)
+    server = ParameterServer(config, spec, events, max(1, world_size - 1), device, checkpoint_dir, meta,
+                             resume, single=single)
     events.emit("run_start", config=config.to_dict(), host=socket.gethostname(), pid=os.getpid(),
                 mode="single" if single else "async", workers=config.workers, model=config.model,
                 num_classes=len(spec.classes), train_samples=spec.train.num_samples,
                 val_samples=spec.val.num_samples, data=spec.describe(), code=meta["code"],
                 resumed=resume is not None, version=server.version, epoch=server.epoch,
+                update_rule=server.rule.name, schedule=server.schedule.describe(),
                 checkpoint_dir=str(checkpoint_dir))
+    if server.resume_note:
+        events.emit("alert", level="warning", code="rule_changed", message=f"resumed with {server.resume_note}")
     _log(role, f"run {config.run_id}: {config.model}, data {spec.train.urls[0]}..., "
                f"version {server.version}, epoch {server.epoch}")
     failure: list[BaseException] = []

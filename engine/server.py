@@ -1,12 +1,14 @@
-"""The parameter server: holds the global model and optimizer, applies pushes as they arrive.
+"""The parameter server: holds the global model, routes each push to its update rule.
 
 Every state change runs on one *apply thread* fed by a queue, so RPC threads never block on the
 optimizer and the algorithm reads in one place (`_apply_push`). Callers get a torch Future that
 the apply thread completes; over RPC that Future is returned by `@async_execution` functions.
+How a push becomes an update is the rule's business (engine/rules.py); the LR comes from the
+schedule (engine/schedule.py), a function of the samples applied so far.
 
-BatchNorm: workers train in train mode (batch statistics) and send their float buffers (running
-mean/var) with each push; before validation and checkpoints the PS sets its buffers to the mean
-of every worker's latest buffers, so the global model evaluates with statistics of the data.
+BatchNorm: workers train in train mode (batch statistics). Before validation and checkpoints the
+PS recomputes the running statistics at the current weights on `bn_recompute` training samples
+(or, with 0, takes the mean of the running statistics every worker sends with its pushes).
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from torch import nn
 
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import RunConfig
-from .data import DataSpec
-from .evaluate import evaluate
+from .data import DataSpec, ShardStream
+from .evaluate import evaluate, recompute_batchnorm
 from .events import EventWriter
 from .health import Health
 from .models import build_model
+from .rules import make_rule
+from .schedule import LRSchedule
 
 
 class FlatModel:
@@ -81,14 +85,6 @@ def _view(flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return flat.view(shape)
 
 
-def make_optimizer(config: RunConfig, params: Any, device: torch.device) -> torch.optim.Optimizer:
-    fused = device.type == "cuda"  # one kernel for the whole update instead of one per tensor
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, fused=fused)
-
-
 def resolve_device(name: str, worker: int | None = None) -> torch.device:
     """`auto` picks CUDA when present; workers on plain `cuda` spread over the GPUs, one each."""
     if name == "auto":
@@ -122,23 +118,29 @@ class Reply:
     version: int
     params: torch.Tensor | None
     stop: bool
+    lr: float  # the scheduled LR now (workers with their own optimizer use it)
 
 
 class ParameterServer:
     def __init__(self, config: RunConfig, data: DataSpec, events: EventWriter, num_workers: int,
                  device: torch.device, checkpoint_dir: Path, meta: dict[str, Any],
-                 resume: dict[str, Any] | None = None) -> None:
+                 resume: dict[str, Any] | None = None, single: bool = False) -> None:
         self.config, self.data, self.events = config, data, events
         self.num_workers, self.device = num_workers, device
         self.checkpoint_dir, self.meta = checkpoint_dir, meta
         self.num_classes = len(data.classes)
         self.flat = FlatModel(build_model(config.model, self.num_classes).to(device))
         self.model = self.flat.model
-        self.optimizer = make_optimizer(config, self.model.parameters(), device)
+        self.rule = make_rule(config, self.flat.params, self.flat.grads, self.model, single)
+        self.schedule = LRSchedule(config, data.train.num_samples)
         self.version, self.epoch, self.samples_seen = 0, 0, 0
+        self.lr = self.schedule(0)
         self.best_val_acc: float | None = None
         self.last_val: dict[str, Any] | None = None
-        self._checkpointed_version = -1
+        self._checkpointed_version = self._buffers_version = -1
+        self._bn_stream = ShardStream(data.train, 0, 1, 0, config.batch_size, train=True,
+                                      seed=config.seed + 1, augment=config.augment)
+        self.resume_note = ""
         if resume:
             self._load_state(resume)
         self.health = Health(self.num_classes, config.chance_warmup_evals)
@@ -178,7 +180,7 @@ class ParameterServer:
         """The plain transport's separate pull: every parameter as its own CPU tensor."""
         return self._submit(lambda: Reply(self.version, {n: p.detach().cpu().clone() for n, p in
                                                          self.flat.named_params.items()},
-                                          self.outcome is not None or self.stop_requested.is_set()))
+                                          self._stopping(), self.lr))
 
     def epoch_done(self, worker: int, epoch: int) -> torch.futures.Future:
         future: torch.futures.Future = torch.futures.Future()
@@ -227,15 +229,16 @@ class ParameterServer:
                         f"refused to train: {info['data_problem']}", worker=worker)
             self.workers[worker] = WorkerState(pid=info["pid"], host=info["host"], left=True)
             self._after_worker_gone()
-            return {"version": self.version, "epoch": self.epoch, "params": None, "stop": True}
+            return {"version": self.version, "epoch": self.epoch, "params": None, "stop": True, "lr": self.lr}
         self.workers[worker] = WorkerState(pid=info["pid"], host=info["host"])
         self.events.emit("worker_join", worker=worker, **info)
         if info.get("code_fingerprint") != self.meta["code"]["fingerprint"]:
             self._alert("error", "fingerprint_mismatch",
                         f"worker {worker} runs code {info.get('code_fingerprint')} but the run started "
                         f"with {self.meta['code']['fingerprint']}: restart the job", worker=worker)
+        self.rule.sent(worker, self.version)
         return {"version": self.version, "epoch": self.epoch, "params": self.flat.params.cpu().clone(),
-                "stop": self.outcome is not None}
+                "stop": self.outcome is not None, "lr": self.lr}
 
     def _apply_push(self, worker: int, base_version: int, grads: torch.Tensor, buffers: torch.Tensor,
                     samples: int, metrics: dict[str, Any] | None, reply_params: bool) -> Reply:
@@ -255,10 +258,8 @@ class ParameterServer:
                     self.flat.named_params[name].grad.copy_(grad)
             elif grads is not self.flat.grads:  # the single-process path shares its gradient buffer
                 self.flat.grads.copy_(grads, non_blocking=True)
-            scale = 1.0 / max(1, staleness) if self.config.staleness_policy == "lr/staleness" else 1.0
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.config.lr * scale
-            self.optimizer.step()
+            self.lr = self.schedule(self.samples_seen / self.config.batch_size)
+            self.rule.apply(worker, staleness, base_version, self.lr)
             self.version += 1
             if self.config.max_updates and self.version >= self.config.max_updates and self.outcome is None:
                 self.outcome = "finished"  # a fixed budget of updates (benchmarks, smoke tests)
@@ -269,7 +270,7 @@ class ParameterServer:
         self._interval["apply_ms"].append(1000 * (time.perf_counter() - start))
         if metrics is not None:
             self.events.emit("worker_metrics", worker=worker, staleness=staleness, **metrics)
-            for alert in self.health.train_loss(worker, float(metrics["loss"])):
+            for alert in self.health.train_metrics(worker, float(metrics["loss"]), float(metrics["acc"])):
                 self._alert(*alert, worker=worker)
                 if self.config.stop_on_divergence:
                     self.outcome = "diverged"
@@ -282,7 +283,11 @@ class ParameterServer:
             params = self.flat.params.to(where, dtype=dtype, copy=True)
             if params.is_cuda:  # RPC sends it from another thread: the copy must be done by then
                 torch.cuda.current_stream(params.device).synchronize()
-        return Reply(self.version, params, self.outcome is not None or self.stop_requested.is_set())
+            self.rule.sent(worker, self.version)
+        return Reply(self.version, params, self._stopping(), self.lr)
+
+    def _stopping(self) -> bool:
+        return self.outcome is not None or self.stop_requested.is_set()
 
     def _epoch_done(self, worker: int, epoch: int, future: torch.futures.Future) -> None:
         self.workers[worker].epoch_done = epoch
@@ -328,8 +333,17 @@ class ParameterServer:
             self.all_left.set()
 
     def _sync_buffers(self) -> None:
+        """Bring the BatchNorm statistics to the current weights (once per version): recomputed on
+        `bn_recompute` training samples, else the mean of every worker's latest running stats."""
+        if not self.flat.buffers.numel() or self._buffers_version == self.version:
+            return
+        self._buffers_version = self.version
+        if self.config.bn_recompute:
+            self._bn_stream.set_epoch(self.version)  # other samples each time
+            recompute_batchnorm(self.model, self._bn_stream.head(), self.config.bn_recompute, self.device)
+            return
         latest = [w.buffers for w in self.workers.values() if w.buffers is not None]
-        if latest and self.flat.buffers.numel():
+        if latest:
             self.flat.buffers.copy_(torch.stack([b.to(self.device).float() for b in latest]).mean(0))
 
     def _validate(self) -> dict[str, Any] | None:
@@ -338,7 +352,8 @@ class ParameterServer:
         self.last_val = {**result, "version": self.version}
         self.events.emit("validation", version=self.version, epoch=self.epoch,
                          samples_seen=self.samples_seen, chance=1 / self.num_classes, **result)
-        for alert in self.health.validation(result["loss"], result["acc"], result["count"]):
+        warming_up = self.schedule.warming_up(self.samples_seen / self.config.batch_size)
+        for alert in self.health.validation(result["loss"], result["acc"], result["count"], warming_up):
             self._alert(*alert)
             if self.config.stop_on_divergence and self.health.diverged():
                 self.outcome = "diverged"
@@ -361,7 +376,7 @@ class ParameterServer:
         path = self.checkpoint_dir / f"{tag}.pt"
         payload = {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "rule": self.rule.state_dict(),
             "version": self.version,
             "epoch": self.epoch,
             "samples_seen": self.samples_seen,
@@ -383,9 +398,13 @@ class ParameterServer:
 
     def _load_state(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
         self.version, self.epoch = payload["version"], payload["epoch"]
         self.samples_seen = payload.get("samples_seen", 0)
+        self.lr = self.schedule(self.samples_seen / self.config.batch_size)
+        if payload["rule"]["rule"] == self.rule.name:
+            self.rule.load_state_dict(payload["rule"])
+        else:  # resumed with --update-rule changed: the new rule starts with fresh state
+            self.resume_note = f"update rule {payload['rule']['rule']} -> {self.rule.name}: its state starts fresh"
         self.best_val_acc = payload.get("best_val_acc")
 
     def _alert(self, level: str, code: str, message: str, worker: int | None = None) -> None:
@@ -402,7 +421,7 @@ class ParameterServer:
             updates_per_s=round(self._interval_updates / interval, 2),
             staleness={"p50": _pct(stale, 50), "p95": _pct(stale, 95), "max": max(stale, default=0),
                        "hist": {str(k): v for k, v in sorted(hist.items())}},
-            dropped=self.dropped, lr=self.config.lr,
+            dropped=self.dropped, lr=self.lr, rule={"name": self.rule.name, **self.rule.metrics()},
             apply_ms=round(statistics.median(applies), 3) if applies else None,
             live_workers=sum(w.active for w in self.workers.values()),
         )

@@ -20,6 +20,7 @@ from .config import RunConfig
 from .data import ShardStream, Split, make_loader, worker_shards
 from .fingerprint import startup_fingerprint
 from .models import build_model, normalize
+from .rules import make_optimizer
 from .server import FlatModel, resolve_device
 
 
@@ -85,7 +86,7 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
     """Train until the PS says stop, the epochs run out, or `stop` is set; returns why it ended."""
     device = resolve_device(config.device, worker)
     stream = ShardStream(train, worker, workers, config.loader_workers, config.batch_size,
-                         train=True, seed=config.seed)
+                         train=True, seed=config.seed, augment=config.augment)
     shards = worker_shards(train.urls, worker, workers, config.loader_workers)
     reply = client.register(worker_info(worker, rank, device, shards, config.loader_workers))
     flat = model or FlatModel(build_model(config.model, len(train.manifest["classes"])).to(device))
@@ -93,8 +94,9 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
     if not client.shares_model:
         flat.params.copy_(reply["params"])
     epoch, step, samples = reply["epoch"], 0, 0
-    link = Exchange(client, flat, config, reply["version"])
-    loss_fn = nn.CrossEntropyLoss()
+    local = config.update_rule == "local-sgd" and not client.shares_model
+    link = (LocalSteps if local else Exchange)(client, flat, config, reply["version"], reply["lr"])
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     meter = Meter()
     next_report = time.monotonic() + config.log_interval
     flat.model.train()
@@ -144,7 +146,7 @@ class Exchange:
     The plain transport, kept for benchmarks: one fp32 CPU tensor per parameter, push then pull.
     """
 
-    def __init__(self, client: Any, flat: FlatModel, config: RunConfig, version: int) -> None:
+    def __init__(self, client: Any, flat: FlatModel, config: RunConfig, version: int, lr: float) -> None:
         self.client, self.flat, self.config = client, flat, config
         self.version = version  # of the parameters now in flat.params
         self.pending: Any = None  # the push in flight (overlap only)
@@ -193,3 +195,63 @@ class Exchange:
         self.version = reply.version
         return reply.stop
 
+
+
+class LocalSteps(Exchange):
+    """The worker side of `local-sgd`: its own optimizer, and an exchange every `local_steps` steps.
+
+    The worker pushes the delta `anchor - params` (anchor: the global parameters its local run
+    started from) and gets the new global parameters back. It then *rebases*: it keeps whatever
+    progress it made since the push (with `overlap`, the steps taken while the push was in
+    flight) on top of the new global parameters, and the global parameters become its anchor.
+    """
+
+    def __init__(self, client: Any, flat: FlatModel, config: RunConfig, version: int, lr: float) -> None:
+        super().__init__(client, flat, config, version, lr)
+        self.lr = lr  # the PS's scheduled LR, refreshed by every reply
+        self.optimizer = make_optimizer(config, flat.model.parameters(), flat.params.device)
+        self.anchor = flat.params.clone()
+        self.pushed: torch.Tensor | None = None  # the local parameters at the push in flight
+        self.steps = self.samples = 0
+        self.metrics: dict[str, Any] | None = None
+
+    def step(self, samples: int, metrics: dict[str, Any] | None) -> tuple[bool, float, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.optimizer.step()
+        self.steps, self.samples = self.steps + 1, self.samples + samples
+        self.metrics = metrics or self.metrics  # reported with the next push
+        if self.steps % self.config.local_steps:
+            return False, 0.0, 0.0
+        start = time.perf_counter()
+        stop = self._wait()  # the previous exchange, still in flight with overlap
+        self._push()
+        if not self.overlap:
+            stop = self._wait() or stop
+        return stop, time.perf_counter() - start, 0.0
+
+    def drain(self) -> bool:
+        """At an epoch's end or a stop: finish the exchange in flight, then push the steps since."""
+        stop = self._wait()
+        if self.samples:
+            self._push()
+            stop = self._wait() or stop
+        return stop
+
+    def _wait(self) -> bool:
+        return super().drain()
+
+    def _push(self) -> None:
+        flat = self.flat
+        delta = (self.anchor - flat.params).to(flat.params.device if self.on_gpu else "cpu", self.dtype)
+        self.pushed = flat.params.clone()
+        self.pending = self.client.push_async(self.version, delta, flat.buffers.detach().cpu(),
+                                              self.samples, self.metrics)
+        self.samples, self.metrics = 0, None
+
+    def _load(self, reply: Any) -> bool:
+        fresh = reply.params.to(self.flat.params.device, torch.float32)
+        self.flat.params.add_(fresh - self.pushed)  # rebase: keep the progress made since the push
+        self.anchor.copy_(fresh)
+        self.version, self.lr = reply.version, reply.lr
+        return reply.stop

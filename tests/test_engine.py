@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -18,6 +19,7 @@ from adt_tui.headless import run_headless
 from engine.checkpoint import load_checkpoint
 from engine.events import KINDS, read_events
 from engine.models import build_model
+from engine.schedule import LRSchedule
 
 from .conftest import adt_command, child_env, tiny_config
 
@@ -104,8 +106,20 @@ def test_resume_continues_version_epoch_and_optimizer(tiny_data, tmp_path):
     assert starts[1]["version"] == v1["version"] and starts[1]["epoch"] == 1
     v2 = load_checkpoint(Path(config.checkpoints_dir) / config.run_id / "last.pt")
     assert v2["epoch"] == 2 and v2["version"] > v1["version"]
-    # Momentum buffers were carried over and kept moving.
-    assert v2["optimizer"]["state"] and v1["optimizer"]["state"]
+    # The update rule's state (momentum buffers, DC-ASGD's mean square) was carried over.
+    assert v1["rule"]["rule"] == v2["rule"]["rule"] == config.update_rule == "dc-asgd"
+    assert v2["rule"]["optimizer"]["state"] and v1["rule"]["optimizer"]["state"]
+    assert v2["rule"]["mean_square"].abs().sum() > 0 and v2["rule"]["weight"] > v1["rule"]["weight"]
+    # The LR continues the schedule from the samples already seen: the resumed run's warmup (1
+    # epoch) is behind it, so it starts at the peak and decays, rather than warming up again.
+    # (`lr` is the LR of the last update, which had the samples of at most one batch per worker
+    # still to come.)
+    curve = LRSchedule(dataclasses.replace(config, epochs=2), 1200)
+    after = [e for e in events if e["kind"] == "ps_metrics" and e["t"] > starts[1]["t"] and e["version"] > v1["version"]]
+    assert after, events
+    for e in after:
+        updates = e["samples_seen"] / config.batch_size
+        assert curve(updates) <= e["lr"] <= curve(updates - config.workers), e
     assert v2["samples_seen"] == 2 * 1200
 
 
@@ -148,7 +162,9 @@ def test_signal_mid_run_stops_cleanly_with_checkpoint(sig, tiny_data, tmp_path):
     (["--model", "vgg"], "model"),
     (["--data", "/nonexistent/adt-data"], "data directory"),
     (["--batch-size", "0"], "batch_size"),
-    (["--staleness-policy", "fifo"], "staleness_policy"),
+    (["--update-rule", "fifo"], "update_rule"),
+    (["--warmup", "soon"], "warmup"),
+    (["--lr-schedule", "linear"], "lr_schedule"),
 ])
 def test_bad_config_value_names_field_and_exits_2(flags, field, tmp_path, capsys):
     from adt_tui.cli import main

@@ -43,20 +43,55 @@ def test_accuracy_clear_of_chance_noise_is_not_flagged():
     assert [a[1] for a in Health(4, 0).validation(1.2, 0.33, 200)] == ["chance_accuracy"]
 
 
-@pytest.mark.parametrize("loss, code", [(3 * math.log(4) + 0.01, "val_loss_high"),
-                                        (math.nan, "val_loss_nan"), (math.inf, "val_loss_nan")])
-def test_validation_loss_above_three_ln_c_or_not_finite_is_divergence(loss, code):
+def test_one_dip_of_a_learning_run_is_not_chance_but_two_in_a_row_are():
+    """Training learns (loss well below ln C): validation at chance once is noise; twice in a row
+    is validation data that does not match the training data."""
+    health = Health(4, warmup_evals=0)
+    health.train_metrics(0, 0.4, 0.9)
+    assert health.validation(1.38, 0.25, 200) == []
+    assert health.validation(0.5, 0.85, 200) == []  # recovered: the count starts over
+    assert health.validation(1.38, 0.25, 200) == []
+    assert [a[1] for a in health.validation(1.38, 0.25, 200)] == ["chance_accuracy"]
+
+
+def test_chance_is_flagged_at_once_when_training_does_not_learn_either():
+    health = Health(4, warmup_evals=0)
+    health.train_metrics(0, 1.39, 0.26)  # ln 4 = 1.386: nothing learned
+    assert [a[1] for a in health.validation(1.38, 0.25, 200)] == ["chance_accuracy"]
+
+
+def test_evaluations_during_the_lr_warmup_are_not_judged():
+    health = Health(4, warmup_evals=1)
+    for _ in range(5):
+        assert health.validation(1.38, 0.25, 200, warming_up=True) == []
+    assert health.validation(1.38, 0.25, 200) == []  # the first judged one is the warm-up eval
+    assert [a[1] for a in health.validation(1.38, 0.25, 200)] == ["chance_accuracy"]
+
+
+def test_validation_loss_above_three_ln_c_twice_in_a_row_is_divergence():
+    bound = 3 * math.log(4)
     health = Health(4, warmup_evals=5)
-    assert [a[1] for a in health.validation(loss, 0.9, 200)] == [code]
+    assert health.validation(bound + 0.01, 0.9, 200) == []  # one high eval of a learning run: noise
+    assert health.validation(1.0, 0.9, 200) == []
+    assert health.validation(bound + 0.01, 0.9, 200) == []
+    assert [a[1] for a in health.validation(bound + 0.01, 0.9, 200)] == ["val_loss_high"]
+    assert health.diverged()
+
+
+@pytest.mark.parametrize("loss, code", [(3e8, "val_loss_high"), (math.nan, "val_loss_nan"),
+                                        (math.inf, "val_loss_nan")])
+def test_loss_far_beyond_three_ln_c_or_not_finite_is_divergence_at_once(loss, code):
+    health = Health(4, warmup_evals=5)
+    assert [a[1] for a in health.validation(loss, 0.9, 200, warming_up=True)] == [code]
     assert health.diverged()
 
 
 def test_non_finite_training_loss_is_flagged_once_per_worker():
     health = Health(4, warmup_evals=1)
-    assert health.train_loss(0, 1e9) == []
-    assert [a[1] for a in health.train_loss(0, math.inf)] == ["loss_nan"]
-    assert health.train_loss(0, math.nan) == []
-    assert [a[1] for a in health.train_loss(1, math.nan)] == ["loss_nan"]
+    assert health.train_metrics(0, 1e9, 0.0) == []
+    assert [a[1] for a in health.train_metrics(0, math.inf, 0.0)] == ["loss_nan"]
+    assert health.train_metrics(0, math.nan, 0.0) == []
+    assert [a[1] for a in health.train_metrics(1, math.nan, 0.0)] == ["loss_nan"]
     assert health.diverged()
 
 
@@ -76,14 +111,17 @@ def shuffled_data(tmp_path_factory) -> Path:
 
 def test_labels_shuffled_against_images_raise_chance_accuracy_after_warmup(
         shuffled_data, tmp_path, record_property):
-    job = HeadlessJob(tmp_path, "--data", str(shuffled_data), "--workers", "0", "--epochs", "2",
-                      "--eval-every", "10", *FAST)
+    job = HeadlessJob(tmp_path, "--data", str(shuffled_data), "--workers", "0", "--epochs", "3",
+                      "--eval-every", "5", *FAST)
     assert job.wait(120) == 0, job.context()
     (alert,) = [a for a in job.events("alert") if a["code"] == "chance_accuracy"]
-    before = [v for v in job.events("validation") if v["t"] <= alert["t"]]
-    assert len(before) == CHANCE_WARMUP + 1, before  # the first evaluation past the warm-up
+    schedule = job.events("run_start")[0]["schedule"]  # the default: 1 epoch of LR warmup
+    batch = job.events("run_start")[0]["config"]["batch_size"]
+    judged = [v for v in job.events("validation") if v["t"] <= alert["t"]
+              and v["samples_seen"] / batch >= schedule["warmup_updates"]]
+    assert len(judged) == CHANCE_WARMUP + 1, judged  # the first evaluation past both warm-ups
     latency(record_property, "chance accuracy -> alert (at the first eval past warm-up)",
-            alert["t"] - before[-1]["t"])
+            alert["t"] - judged[-1]["t"])
     assert "ERROR: validation accuracy" in job.output
 
 

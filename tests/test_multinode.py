@@ -28,7 +28,7 @@ from engine.events import read_events
 ROOT = Path(__file__).resolve().parent.parent
 CHANCE = 0.25  # tiny data has 4 classes
 # Small batches and the staleness-aware LR: the tiny data set gives few updates per epoch.
-TRAIN_FLAGS = ["--epochs", "6", "--batch-size", "16", "--lr", "0.01", "--staleness-policy",
+TRAIN_FLAGS = ["--epochs", "6", "--batch-size", "16", "--lr", "0.01", "--update-rule",
                "lr/staleness", "--loader-workers", "0", "--log-interval", "0.5", "--grace-period", "5"]
 
 

@@ -1,0 +1,43 @@
+"""Training augmentation on decoded uint8 images, in the loader processes (never for validation).
+
+`flip-crop`: a random crop and a horizontal flip. Small images (up to 96 px, e.g. Tiny ImageNet's
+64) are padded by 1/8 of their side with zeros and cropped back to size, the usual CIFAR/Tiny
+ImageNet recipe; larger ones take a random-resized crop (8-100% of the area, aspect 3/4-4/3)
+scaled back to the input size, the usual ImageNet recipe.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+from PIL import Image
+
+SMALL = 96  # the largest side that gets pad-and-crop instead of random-resized crop
+
+
+def flip_crop(image: np.ndarray, rng: random.Random) -> np.ndarray:
+    """One HWC uint8 image -> an augmented HWC uint8 image of the same size."""
+    h, w = image.shape[:2]
+    if max(h, w) <= SMALL:
+        pad = max(1, h // 8)
+        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+        y, x = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
+        out = padded[y:y + h, x:x + w]
+    else:
+        out = _random_resized_crop(image, rng)
+    return np.ascontiguousarray(out[:, ::-1] if rng.random() < 0.5 else out)
+
+
+def _random_resized_crop(image: np.ndarray, rng: random.Random) -> np.ndarray:
+    h, w = image.shape[:2]
+    for _ in range(10):
+        area = h * w * rng.uniform(0.08, 1.0)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            y, x = rng.randint(0, h - ch), rng.randint(0, w - cw)
+            crop = Image.fromarray(image[y:y + ch, x:x + cw])
+            return np.asarray(crop.resize((w, h), Image.BILINEAR))
+    return image  # no crop fit (extreme aspect ratio): keep the whole image

@@ -1,0 +1,174 @@
+"""Update rules: how the parameter server turns a worker's push into an update of the global model.
+
+The PS loads every push into its flat gradient buffer and hands it to its rule with the push's
+staleness (updates applied since the worker's parameters were sent) and the scheduled LR. A rule
+owns its state (optimizer, statistics), which is checkpointed with it. One class per idea:
+
+- `sgd`: the optimizer step as one process would take it (plain async SGD; `--workers 0`).
+- `lr/staleness`: the step divided by the staleness (Zhang et al. 2016, "Staleness-aware Async-SGD").
+- `async-momentum`: asynchrony with mean staleness t acts like extra momentum of about t/(1+t)
+  (1 - 1/N for N workers; Mitliagkas et al. 2016, "Asynchrony begets momentum"), so the explicit
+  momentum is lowered by the measured amount to keep the total at `--momentum`.
+- `dc-asgd`: delay compensation, DC-ASGD-a (Zheng et al. 2017): g + l * g*g*(w_now - w_sent), with
+  l = lambda0 / sqrt(mean square of g), on top of `async-momentum`.
+- `local-sgd`: workers take `--local-steps` steps with their own optimizer and push the delta; the
+  PS takes an outer step on it (asynchronous local SGD with an optional Nesterov outer momentum).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+
+
+def make_optimizer(config: RunConfig, params: Any, device: torch.device) -> torch.optim.Optimizer:
+    fused = device.type == "cuda"  # one kernel for the whole update instead of one per tensor
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, fused=fused)
+
+
+class UpdateRule:
+    """`sgd`: one optimizer step on the pushed gradient, at the scheduled LR."""
+
+    name = "sgd"
+
+    def __init__(self, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,
+                 config: RunConfig) -> None:
+        self.params, self.grads, self.config = params, grads, config
+        self.optimizer = self._optimizer(model)
+
+    def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return make_optimizer(self.config, model.parameters(), self.params.device)
+
+    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
+        """Update the global parameters from the push now in `grads`."""
+        self._step(lr)
+
+    def sent(self, worker: int, version: int) -> None:
+        """The parameters at `version` were just sent to `worker`."""
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def _step(self, lr: float, momentum: float | None = None) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if momentum is not None and "momentum" in group:
+                group["momentum"] = momentum
+        self.optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rule": self.name, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class StalenessLR(UpdateRule):
+    """`lr/staleness`: a push s updates stale moves the model 1/s as far."""
+
+    name = "lr/staleness"
+
+    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
+        self._step(lr / max(1, staleness))
+
+
+class AsyncMomentum(UpdateRule):
+    """`async-momentum`: explicit momentum = momentum - t/(1+t), t the running mean staleness."""
+
+    name = "async-momentum"
+    decay = 0.98  # the mean follows the last ~50 pushes
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.staleness_sum = self.weight = 0.0  # a bias-corrected running mean
+
+    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
+        self._step(lr, self._momentum(staleness))
+
+    def _momentum(self, staleness: int) -> float:
+        self.staleness_sum = self.decay * self.staleness_sum + staleness
+        self.weight = self.decay * self.weight + 1
+        mean = self.staleness_sum / self.weight
+        return max(0.0, self.config.momentum - mean / (1 + mean))
+
+    def metrics(self) -> dict[str, float]:
+        mean = self.staleness_sum / self.weight if self.weight else 0.0
+        return {"mean_staleness": round(mean, 2),
+                "momentum": round(max(0.0, self.config.momentum - mean / (1 + mean)), 4)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "staleness_sum": self.staleness_sum, "weight": self.weight}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.staleness_sum, self.weight = state["staleness_sum"], state["weight"]
+
+
+class DelayCompensated(AsyncMomentum):
+    """`dc-asgd`: correct a stale gradient by a first-order step toward the current parameters."""
+
+    name = "dc-asgd"
+    mean_square_decay = 0.95
+    eps = 1e-7
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.mean_square = torch.zeros_like(self.grads)
+        self.snapshots: dict[int, dict[int, torch.Tensor]] = {}  # worker -> version -> params sent
+
+    def sent(self, worker: int, version: int) -> None:
+        self.snapshots.setdefault(worker, {})[version] = self.params.clone()
+
+    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
+        g = self.grads
+        self.mean_square.mul_(self.mean_square_decay).addcmul_(g, g, value=1 - self.mean_square_decay)
+        mine = self.snapshots.get(worker, {})
+        sent = mine.get(base_version)
+        for version in [v for v in mine if v <= base_version]:  # older ones can no longer be a base
+            del mine[version]
+        if sent is not None and staleness > 0:
+            drift = self.params - sent
+            g.addcmul_(g * g * drift, (self.mean_square.sqrt() + self.eps).reciprocal(),
+                       value=self.config.dc_lambda)
+        self._step(lr, self._momentum(staleness))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "mean_square": self.mean_square}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.mean_square.copy_(state["mean_square"])
+
+
+class LocalSGD(UpdateRule):
+    """`local-sgd`: the push is a worker's delta over `local_steps` steps; take an outer step on it.
+
+    The scheduled LR drives the workers' own optimizers (it travels in every reply); the outer
+    step has its own size and Nesterov momentum, and no weight decay (the workers applied it).
+    """
+
+    name = "local-sgd"
+
+    def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        momentum = self.config.outer_momentum
+        return torch.optim.SGD(model.parameters(), lr=self.config.outer_lr, momentum=momentum,
+                               nesterov=momentum > 0)
+
+    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
+        self._step(self.config.outer_lr)
+
+
+RULES = {rule.name: rule for rule in (UpdateRule, StalenessLR, AsyncMomentum, DelayCompensated, LocalSGD)}
+
+
+def make_rule(config: RunConfig, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,
+              single: bool) -> UpdateRule:
+    """The configured rule; one process has no staleness, so it always takes plain steps."""
+    rule = UpdateRule if single else RULES[config.update_rule]
+    return rule(params, grads, model, config)

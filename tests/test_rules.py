@@ -1,0 +1,146 @@
+"""Update rules and the LR schedule on their own: each rule's step against one computed by hand,
+each rule's state through a checkpoint round trip, and the schedule's curve."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from engine.config import RunConfig
+from engine.rules import RULES, make_rule
+from engine.schedule import LRSchedule
+from engine.server import FlatModel
+
+
+def rule_on(name: str, params: list[float], **overrides):
+    """The rule `name` over a 1-layer model whose parameters are `params`."""
+    model = nn.Linear(len(params), 1, bias=False)
+    flat = FlatModel(model)
+    flat.params.copy_(torch.tensor(params))
+    config = RunConfig(update_rule=name, weight_decay=0.0, momentum=0.9, **overrides).validate()
+    return flat, make_rule(config, flat.params, flat.grads, model, single=False)
+
+
+def push(flat: FlatModel, rule, grad: list[float], worker: int = 0, staleness: int = 0,
+         base: int = 0, lr: float = 0.1) -> list[float]:
+    flat.grads.copy_(torch.tensor(grad))
+    rule.apply(worker, staleness, base, lr)
+    return flat.params.tolist()
+
+
+def close(a: list[float], b: list[float]) -> bool:
+    return all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7) for x, y in zip(a, b, strict=True))
+
+
+def test_sgd_takes_the_optimizer_step_at_the_scheduled_lr():
+    flat, rule = rule_on("sgd", [1.0, 2.0])
+    assert close(push(flat, rule, [0.5, -1.0], lr=0.1), [0.95, 2.1])
+    # momentum 0.9: buffer = 0.9 * g1 + g2 = [0.45 + 1, -0.9 + 0] = [1.45, -0.9]
+    assert close(push(flat, rule, [1.0, 0.0], lr=0.2), [0.95 - 0.29, 2.1 + 0.18])
+
+
+def test_lr_over_staleness_divides_the_step():
+    flat, rule = rule_on("lr/staleness", [1.0, 2.0])
+    assert close(push(flat, rule, [0.5, -1.0], staleness=4, lr=0.4), [0.95, 2.1])
+    flat, rule = rule_on("lr/staleness", [1.0, 2.0])
+    assert close(push(flat, rule, [0.5, -1.0], staleness=0, lr=0.1), [0.95, 2.1])  # fresh: full step
+
+
+def test_async_momentum_lowers_explicit_momentum_by_the_staleness_share():
+    flat, rule = rule_on("async-momentum", [0.0])
+    push(flat, rule, [1.0], staleness=3, lr=0.1)  # buffer = g = 1; params -0.1
+    # mean staleness 3 -> implicit momentum 3/4: explicit 0.9 - 0.75 = 0.15; buffer 0.15 + 1
+    assert close(push(flat, rule, [1.0], staleness=3, lr=0.1), [-0.1 - 0.115])
+    assert rule.metrics() == {"mean_staleness": 3.0, "momentum": 0.15}
+    flat, rule = rule_on("async-momentum", [0.0])
+    push(flat, rule, [1.0], staleness=9, lr=0.1)
+    assert rule.metrics()["momentum"] == 0.0  # never below zero
+
+
+def test_dc_asgd_compensates_the_drift_since_the_parameters_were_sent():
+    flat, rule = rule_on("dc-asgd", [1.0, 1.0], dc_lambda=2.0)
+    rule.sent(0, 0)  # worker 0 got the parameters [1, 1] at version 0
+    flat.params.copy_(torch.tensor([1.5, 0.0]))  # then another worker's push moved them
+    g = torch.tensor([0.2, -0.4])
+    mean_square = 0.05 * g * g  # first update of the running mean square (decay 0.95)
+    drift = torch.tensor([0.5, -1.0])
+    compensated = g + 2.0 * g * g * drift / (mean_square.sqrt() + 1e-7)
+    expected = torch.tensor([1.5, 0.0]) - 0.1 * compensated  # staleness 1: explicit momentum 0.4
+    assert close(push(flat, rule, g.tolist(), staleness=1, base=0, lr=0.1), expected.tolist())
+    assert rule.snapshots[0] == {}  # a snapshot is dropped once its push arrived
+
+
+def test_dc_asgd_fresh_push_is_plain_sgd():
+    flat, rule = rule_on("dc-asgd", [1.0, 2.0])
+    rule.sent(0, 0)
+    assert close(push(flat, rule, [0.5, -1.0], staleness=0, base=0, lr=0.1), [0.95, 2.1])
+
+
+def test_local_sgd_takes_an_outer_step_on_the_delta():
+    flat, rule = rule_on("local-sgd", [1.0, 2.0], outer_lr=0.5)
+    assert close(push(flat, rule, [0.4, -0.2], lr=123.0), [0.8, 2.1])  # the scheduled LR is the workers'
+    flat, rule = rule_on("local-sgd", [1.0], outer_lr=1.0, outer_momentum=0.5)
+    # Nesterov, first step: buffer = d; update = d + 0.5 * buffer = 1.5 d
+    assert close(push(flat, rule, [0.2]), [1.0 - 0.3])
+
+
+def test_one_process_always_takes_plain_steps():
+    model = nn.Linear(2, 1, bias=False)
+    flat = FlatModel(model)
+    config = RunConfig(update_rule="local-sgd").validate()
+    assert make_rule(config, flat.params, flat.grads, model, single=True).name == "sgd"
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_rule_state_survives_a_checkpoint(name):
+    """Two rules take the same pushes; one goes through torch.save / torch.load(weights_only=True)
+    halfway. Both then end with the same parameters and the same state."""
+    pushes = [([0.3, -0.1], 2), ([0.1, 0.4], 1), ([-0.2, 0.2], 3), ([0.5, 0.0], 2)]
+    a_flat, a = rule_on(name, [1.0, 2.0])
+    b_flat, b = rule_on(name, [1.0, 2.0])
+    for version, (grad, staleness) in enumerate(pushes[:2]):
+        for flat, rule in ((a_flat, a), (b_flat, b)):
+            rule.sent(0, version)
+            push(flat, rule, grad, staleness=staleness, base=version)
+    buffer = io.BytesIO()
+    torch.save({"model": b_flat.params.clone(), "rule": b.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    b_flat, b = rule_on(name, [0.0, 0.0])
+    b_flat.params.copy_(saved["model"])
+    b.load_state_dict(saved["rule"])
+    for version, (grad, staleness) in enumerate(pushes[2:], start=2):
+        for flat, rule in ((a_flat, a), (b_flat, b)):
+            rule.sent(0, version)
+            push(flat, rule, grad, staleness=staleness, base=version)
+    assert close(a_flat.params.tolist(), b_flat.params.tolist())
+    assert a.metrics() == b.metrics()
+
+
+# --- the schedule ------------------------------------------------------------------------------
+def schedule(**overrides) -> LRSchedule:
+    values = dict(lr=0.4, epochs=10, batch_size=100, warmup="1ep", lr_schedule="cosine")
+    return LRSchedule(RunConfig(**{**values, **overrides}).validate(), train_samples=1000)
+
+
+def test_cosine_schedule_peaks_at_warmup_end_and_reaches_zero_at_the_last_update():
+    lr = schedule()  # 10 updates per epoch, 100 in all, 10 of warmup
+    assert lr.warmup == 10 and lr.total == 100
+    assert lr(0) == pytest.approx(0.4 / 11) and lr.warming_up(9.9)
+    assert lr(10) == pytest.approx(0.4) and not lr.warming_up(10)
+    assert lr(55) == pytest.approx(0.2)  # halfway through the cosine
+    assert lr(100) == pytest.approx(0.0, abs=1e-12)
+    assert all(lr(u) >= lr(u + 1) for u in range(10, 100))
+
+
+def test_warmup_in_updates_and_the_other_shapes():
+    assert schedule(warmup="20").warmup == 20
+    assert schedule(warmup="0")(0) == pytest.approx(0.4)
+    step = schedule(lr_schedule="step", warmup="0")
+    assert [step(u) for u in (0, 49, 50, 75, 99)] == pytest.approx([0.4, 0.4, 0.04, 0.004, 0.004])
+    assert schedule(lr_schedule="constant")(99) == pytest.approx(0.4)
+    assert schedule(max_updates=50).total == 50  # a fixed budget ends the curve there
