@@ -66,8 +66,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing, e.g. 0.1")
     p.add_argument("--augment", help="training augmentation: flip-crop (random crop + flip) or none")
     p.add_argument("--workers", type=int, help="worker processes; 0 trains in one process, no RPC")
-    p.add_argument("--update-rule", help="how the PS applies pushes: async-momentum, dc-asgd, "
-                   "local-sgd, lr/staleness or sgd (README: choosing a rule)")
+    p.add_argument("--update-rule", help="how the PS applies pushes: lookahead, dc-asgd, "
+                   "async-momentum, lr/staleness, sgd or local-sgd (README: Learning as well as one process)")
     p.add_argument("--local-steps", type=int, help="local-sgd: worker steps between exchanges")
     p.add_argument("--outer-lr", type=float, help="local-sgd: the PS's step size on a worker's delta")
     p.add_argument("--outer-momentum", type=float, help="local-sgd: the PS's Nesterov momentum")

@@ -15,7 +15,7 @@ import tomllib
 
 MODELS = ("cnn", "resnet18")
 OPTIMIZERS = ("sgd", "adamw")
-UPDATE_RULES = ("sgd", "lr/staleness", "async-momentum", "dc-asgd", "local-sgd")
+UPDATE_RULES = ("sgd", "lr/staleness", "async-momentum", "dc-asgd", "lookahead", "local-sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
 AUGMENTS = ("flip-crop", "none")
 DEVICES = ("auto", "cpu", "cuda")
@@ -57,7 +57,7 @@ class RunConfig:
     augment: str = "flip-crop"  # training only: random crop (padded, or resized for large images) + flip
     # asynchrony: how the PS turns pushes into updates (engine/rules.py)
     workers: int = 2
-    update_rule: str = "dc-asgd"
+    update_rule: str = "lookahead"
     local_steps: int = 4  # local-sgd: worker steps between exchanges
     outer_lr: float = 1.0  # local-sgd: the PS's step size on a worker's delta
     outer_momentum: float = 0.0  # local-sgd: the PS's Nesterov momentum on deltas
@@ -123,6 +123,9 @@ class RunConfig:
             bad("optimizer", f"is {self.optimizer!r}", f"use one of {OPTIMIZERS}")
         if self.update_rule not in UPDATE_RULES:
             bad("update_rule", f"is {self.update_rule!r}", f"use one of {UPDATE_RULES}")
+        if self.update_rule == "lookahead" and self.optimizer != "sgd":
+            bad("update_rule", "is 'lookahead', which extrapolates SGD's momentum, but the optimizer is "
+                f"{self.optimizer!r}", "use --optimizer sgd, or another update rule")
         if self.lr_schedule not in LR_SCHEDULES:
             bad("lr_schedule", f"is {self.lr_schedule!r}", f"use one of {LR_SCHEDULES}")
         if self.augment not in AUGMENTS:

@@ -11,6 +11,8 @@ owns its state (optimizer, statistics), which is checkpointed with it. One class
   momentum is lowered by the measured amount to keep the total at `--momentum`.
 - `dc-asgd`: delay compensation, DC-ASGD-a (Zheng et al. 2017): g + l * g*g*(w_now - w_sent), with
   l = lambda0 / sqrt(mean square of g), on top of `async-momentum`.
+- `lookahead`: full momentum; workers compute their gradient where the momentum will have carried
+  the model when it lands (after DANA, Hakimi et al. 2019).
 - `local-sgd`: workers take `--local-steps` steps with their own optimizer and push the delta; the
   PS takes an outer step on it (asynchronous local SGD with an optional Nesterov outer momentum).
 """
@@ -48,6 +50,10 @@ class UpdateRule:
     def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
         """Update the global parameters from the push now in `grads`."""
         self._step(lr)
+
+    def outgoing(self) -> torch.Tensor:
+        """The parameters to send a worker (the global ones, unless the rule says otherwise)."""
+        return self.params
 
     def sent(self, worker: int, version: int) -> None:
         """The parameters at `version` were just sent to `worker`."""
@@ -91,14 +97,21 @@ class AsyncMomentum(UpdateRule):
     def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
         self._step(lr, self._momentum(staleness))
 
-    def _momentum(self, staleness: int) -> float:
+    def _observe(self, staleness: int) -> float:
+        """Add one push's staleness; the running mean."""
         self.staleness_sum = self.decay * self.staleness_sum + staleness
         self.weight = self.decay * self.weight + 1
-        mean = self.staleness_sum / self.weight
+        return self.mean_staleness()
+
+    def mean_staleness(self) -> float:
+        return self.staleness_sum / self.weight if self.weight else 0.0
+
+    def _momentum(self, staleness: int) -> float:
+        mean = self._observe(staleness)
         return max(0.0, self.config.momentum - mean / (1 + mean))
 
     def metrics(self) -> dict[str, float]:
-        mean = self.staleness_sum / self.weight if self.weight else 0.0
+        mean = self.mean_staleness()
         return {"mean_staleness": round(mean, 2),
                 "momentum": round(max(0.0, self.config.momentum - mean / (1 + mean)), 4)}
 
@@ -146,6 +159,49 @@ class DelayCompensated(AsyncMomentum):
         self.mean_square.copy_(state["mean_square"])
 
 
+class Lookahead(AsyncMomentum):
+    """`lookahead`: full momentum, and each worker gets the parameters where that momentum will
+    have carried the model by the time its gradient lands: w - lr * (mu + mu^2 + ... + mu^t) * v,
+    t the mean staleness, v the momentum buffer. The gradient is then computed near the point it
+    is applied to (after DANA, Hakimi et al. 2019, "Taming momentum in a distributed asynchronous
+    environment"). SGD with momentum only; the plain transport's pull sends the parameters as
+    they are."""
+
+    name = "lookahead"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.lr = 0.0  # of the last update: the next ones will be about as large
+
+    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
+        self._observe(staleness)
+        self.lr = lr
+        self._step(lr)
+
+    def outgoing(self) -> torch.Tensor:
+        mu, t = self.config.momentum, self.mean_staleness()
+        reach = mu * (1 - mu ** t) / (1 - mu) if mu < 1 else t  # mu + ... + mu^t, t fractional too
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        buffers = [self.optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
+        if not reach or not self.lr or any(b is None for b in buffers):
+            return self.params
+        out = self.params.clone()
+        base = self.params.storage_offset()
+        views = [out.as_strided(p.shape, p.stride(), p.storage_offset() - base) for p in params]
+        torch._foreach_add_(views, buffers, alpha=-self.lr * reach)
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        return {"mean_staleness": round(self.mean_staleness(), 2)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "lr": self.lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.lr = state["lr"]
+
+
 class LocalSGD(UpdateRule):
     """`local-sgd`: the push is a worker's delta over `local_steps` steps; take an outer step on it.
 
@@ -164,7 +220,8 @@ class LocalSGD(UpdateRule):
         self._step(self.config.outer_lr)
 
 
-RULES = {rule.name: rule for rule in (UpdateRule, StalenessLR, AsyncMomentum, DelayCompensated, LocalSGD)}
+RULES = {rule.name: rule for rule in (UpdateRule, StalenessLR, AsyncMomentum, DelayCompensated, Lookahead,
+                                      LocalSGD)}
 
 
 def make_rule(config: RunConfig, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,

@@ -237,7 +237,7 @@ class ParameterServer:
                         f"worker {worker} runs code {info.get('code_fingerprint')} but the run started "
                         f"with {self.meta['code']['fingerprint']}: restart the job", worker=worker)
         self.rule.sent(worker, self.version)
-        return {"version": self.version, "epoch": self.epoch, "params": self.flat.params.cpu().clone(),
+        return {"version": self.version, "epoch": self.epoch, "params": self.rule.outgoing().cpu().clone(),
                 "stop": self.outcome is not None, "lr": self.lr}
 
     def _apply_push(self, worker: int, base_version: int, grads: torch.Tensor, buffers: torch.Tensor,
@@ -280,7 +280,7 @@ class ParameterServer:
         if reply_params:  # back where the push came from: GPU to GPU when device maps are set
             dtype = torch.bfloat16 if self.config.transfer_dtype == "bf16" else torch.float32
             where = grads.device if isinstance(grads, torch.Tensor) and grads.is_cuda else "cpu"
-            params = self.flat.params.to(where, dtype=dtype, copy=True)
+            params = self.rule.outgoing().to(where, dtype=dtype, copy=True)
             if params.is_cuda:  # RPC sends it from another thread: the copy must be done by then
                 torch.cuda.current_stream(params.device).synchronize()
             self.rule.sent(worker, self.version)

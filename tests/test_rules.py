@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import RunConfig
+from engine.config import ConfigError, RunConfig
 from engine.rules import RULES, make_rule
 from engine.schedule import LRSchedule
 from engine.server import FlatModel
@@ -78,6 +78,20 @@ def test_dc_asgd_fresh_push_is_plain_sgd():
     flat, rule = rule_on("dc-asgd", [1.0, 2.0])
     rule.sent(0, 0)
     assert close(push(flat, rule, [0.5, -1.0], staleness=0, base=0, lr=0.1), [0.95, 2.1])
+
+
+def test_lookahead_sends_where_the_momentum_will_carry_the_model():
+    flat, rule = rule_on("lookahead", [1.0, 2.0])
+    assert rule.outgoing() is flat.params  # no momentum yet: the parameters as they are
+    assert close(push(flat, rule, [1.0, -2.0], staleness=3, lr=0.1), [0.9, 2.2])  # full momentum step
+    reach = 0.9 + 0.9 ** 2 + 0.9 ** 3  # mean staleness 3
+    assert close(rule.outgoing().tolist(), [0.9 - 0.1 * reach, 2.2 + 0.2 * reach])
+    assert close(flat.params.tolist(), [0.9, 2.2])  # the global model itself is not moved
+
+
+def test_lookahead_needs_sgd_momentum():
+    with pytest.raises(ConfigError, match="lookahead"):
+        RunConfig(update_rule="lookahead", optimizer="adamw").validate()
 
 
 def test_local_sgd_takes_an_outer_step_on_the_delta():
