@@ -2,7 +2,7 @@
 updates after the parameters it was computed at were current. It separates what asynchrony
 costs the algorithm from anything the engine's processes or RPC might add.
 
-    python -m bench.staleness_sim --tau 0,1,3 --rules sgd,async-momentum,lookahead --epochs 2
+    python -m bench.staleness_sim --tau 0,1,3,7 --rules sgd,async-momentum,lookahead,lookahead-damped
 
 Same model, data, schedule, augmentation and BatchNorm recompute as `adt run`'s defaults.
 """
@@ -38,12 +38,14 @@ def train(data_dir: Path, model_name: str, tau: int, rule: str, epochs: int, bat
     loss_fn = nn.CrossEntropyLoss()
     in_flight: collections.deque = collections.deque()  # (parameters sent, images, labels)
     update, accs = 0, []
+    momentum = {"async-momentum": max(0.0, mu - tau / (1 + tau)),  # as the engine's rules set it
+                "lookahead-damped": max(0.0, mu - max(0, tau - 1) / (1 + tau))}.get(rule, mu)
     for epoch in range(epochs):
         stream.set_epoch(epoch)
         for images, labels in stream:
             sent = [p.detach().clone() for p in params]
-            if rule == "lookahead":  # where the momentum carries the model in tau updates
-                reach = sum(mu ** i for i in range(1, tau + 1))
+            if rule.startswith("lookahead"):  # where the momentum carries the model in tau updates
+                reach = sum(momentum ** i for i in range(1, tau + 1))
                 for s, v in zip(sent, velocity):
                     s.sub_(lr(update) * reach * v)
             in_flight.append((sent, images, labels))
@@ -56,7 +58,6 @@ def train(data_dir: Path, model_name: str, tau: int, rule: str, epochs: int, bat
                     p.copy_(s)
             model.zero_grad()
             loss_fn(model(normalize(images)), labels).backward()
-            momentum = max(0.0, mu - tau / (1 + tau)) if rule == "async-momentum" else mu
             with torch.no_grad():
                 for p, v, n in zip(params, velocity, now):
                     p.copy_(n)
@@ -71,7 +72,7 @@ def train(data_dir: Path, model_name: str, tau: int, rule: str, epochs: int, bat
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.staleness_sim", description=__doc__.splitlines()[0])
     p.add_argument("--tau", default="0,1,3", help="delays in updates, comma-separated")
-    p.add_argument("--rules", default="sgd,async-momentum,lookahead")
+    p.add_argument("--rules", default="sgd,async-momentum,lookahead,lookahead-damped")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--model", default="cnn")
     p.add_argument("--batch", type=int, default=64)

@@ -15,7 +15,7 @@ import tomllib
 
 MODELS = ("cnn", "resnet18")
 OPTIMIZERS = ("sgd", "adamw")
-UPDATE_RULES = ("sgd", "lr/staleness", "async-momentum", "dc-asgd", "lookahead", "local-sgd")
+UPDATE_RULES = ("sgd", "lr/staleness", "async-momentum", "dc-asgd", "lookahead", "lookahead-damped", "local-sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
 AUGMENTS = ("flip-crop", "none")
 DEVICES = ("auto", "cpu", "cuda")
@@ -123,8 +123,8 @@ class RunConfig:
             bad("optimizer", f"is {self.optimizer!r}", f"use one of {OPTIMIZERS}")
         if self.update_rule not in UPDATE_RULES:
             bad("update_rule", f"is {self.update_rule!r}", f"use one of {UPDATE_RULES}")
-        if self.update_rule == "lookahead" and self.optimizer != "sgd":
-            bad("update_rule", "is 'lookahead', which extrapolates SGD's momentum, but the optimizer is "
+        if self.update_rule.startswith("lookahead") and self.optimizer != "sgd":
+            bad("update_rule", f"is {self.update_rule!r}, which extrapolates SGD's momentum, but the optimizer is "
                 f"{self.optimizer!r}", "use --optimizer sgd, or another update rule")
         if self.lr_schedule not in LR_SCHEDULES:
             bad("lr_schedule", f"is {self.lr_schedule!r}", f"use one of {LR_SCHEDULES}")

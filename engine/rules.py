@@ -176,10 +176,13 @@ class Lookahead(AsyncMomentum):
     def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
         self._observe(staleness)
         self.lr = lr
-        self._step(lr)
+        self._step(lr, self.momentum())
+
+    def momentum(self) -> float:
+        return self.config.momentum
 
     def outgoing(self) -> torch.Tensor:
-        mu, t = self.config.momentum, self.mean_staleness()
+        mu, t = self.momentum(), self.mean_staleness()
         reach = mu * (1 - mu ** t) / (1 - mu) if mu < 1 else t  # mu + ... + mu^t, t fractional too
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         buffers = [self.optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
@@ -202,6 +205,21 @@ class Lookahead(AsyncMomentum):
         self.lr = state["lr"]
 
 
+class DampedLookahead(Lookahead):
+    """`lookahead-damped`: lookahead with the momentum lowered by (t-1)/(t+1), the implicit
+    momentum of the staleness beyond one update (as `async-momentum` does for all of it), for
+    stalenesses that extrapolating the momentum cannot cover (`--overlap`)."""
+
+    name = "lookahead-damped"
+
+    def momentum(self) -> float:
+        t = self.mean_staleness()
+        return max(0.0, self.config.momentum - max(0.0, t - 1) / (t + 1))
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "momentum": round(self.momentum(), 4)}
+
+
 class LocalSGD(UpdateRule):
     """`local-sgd`: the push is a worker's delta over `local_steps` steps; take an outer step on it.
 
@@ -221,7 +239,7 @@ class LocalSGD(UpdateRule):
 
 
 RULES = {rule.name: rule for rule in (UpdateRule, StalenessLR, AsyncMomentum, DelayCompensated, Lookahead,
-                                      LocalSGD)}
+                                      DampedLookahead, LocalSGD)}
 
 
 def make_rule(config: RunConfig, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,

@@ -89,6 +89,19 @@ def test_lookahead_sends_where_the_momentum_will_carry_the_model():
     assert close(flat.params.tolist(), [0.9, 2.2])  # the global model itself is not moved
 
 
+def test_lookahead_damped_lowers_momentum_by_the_staleness_beyond_one():
+    flat, rule = rule_on("lookahead-damped", [0.0])
+    push(flat, rule, [1.0], staleness=3, lr=0.1)  # buffer 1; params -0.1
+    # mean staleness 3: momentum 0.9 - (3 - 1) / (3 + 1) = 0.4; buffer 0.4 + 1 = 1.4
+    assert close(push(flat, rule, [1.0], staleness=3, lr=0.1), [-0.24])
+    reach = 0.4 + 0.4 ** 2 + 0.4 ** 3
+    assert close(rule.outgoing().tolist(), [-0.24 - 0.1 * reach * 1.4])
+    assert rule.metrics() == {"mean_staleness": 3.0, "momentum": 0.4}
+    flat, rule = rule_on("lookahead-damped", [0.0])
+    push(flat, rule, [1.0], staleness=1, lr=0.1)
+    assert rule.momentum() == 0.9  # one update of staleness: lookahead covers it, full momentum
+
+
 def test_lookahead_needs_sgd_momentum():
     with pytest.raises(ConfigError, match="lookahead"):
         RunConfig(update_rule="lookahead", optimizer="adamw").validate()
