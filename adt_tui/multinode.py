@@ -36,9 +36,9 @@ import psutil
 
 from engine.config import ConfigError, RunConfig
 from engine.events import EventTail, EventWriter
-from engine.listen import launch_listeners
+from engine.listen import is_loopback, launch_listeners
 
-from .supervisor import PROJECT_ROOT, is_loopback, new_run_id
+from .supervisor import PROJECT_ROOT, new_run_id
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 LAUNCHER = "torchrun"  # its name in pids.json and its log: runs/<id>/logs/torchrun.log

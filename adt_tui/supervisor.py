@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from engine.config import RunConfig
+from engine.listen import is_loopback
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,10 +36,6 @@ def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 @dataclass
