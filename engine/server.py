@@ -313,9 +313,11 @@ class ParameterServer:
         self.epoch += 1
         self.events.emit("epoch_end", epoch=finished, version=self.version, samples_seen=self.samples_seen)
         result = self._validate()
+        best = result is not None and (self.best_val_acc is None or result["acc"] >= self.best_val_acc)
+        if best:
+            self.best_val_acc = result["acc"]  # before `last` is written, so that it records it too
         self.checkpoint("last")
-        if result is not None and (self.best_val_acc is None or result["acc"] >= self.best_val_acc):
-            self.best_val_acc = result["acc"]
+        if best:
             self.checkpoint("best")
         if self.epoch >= self.config.epochs and self.outcome is None:
             self.outcome = "finished"
