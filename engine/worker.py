@@ -196,7 +196,6 @@ class Exchange:
         return reply.stop
 
 
-
 class LocalSteps(Exchange):
     """The worker side of `local-sgd`: its own optimizer, and an exchange every `local_steps` steps.
 
