@@ -168,6 +168,13 @@ def test_signal_mid_run_stops_cleanly_with_checkpoint(sig, tiny_data, tmp_path):
     (["--update-rule", "fifo"], "update_rule"),
     (["--warmup", "soon"], "warmup"),
     (["--lr-schedule", "linear"], "lr_schedule"),
+    (["--augment", "mixup"], "augment"),
+    (["--label-smoothing", "1"], "label_smoothing"),
+    (["--local-steps", "0"], "local_steps"),
+    (["--outer-momentum", "1"], "outer_momentum"),
+    (["--dc-lambda", "-1"], "dc_lambda"),
+    (["--bn-recompute", "-1"], "bn_recompute"),
+    (["--update-rule", "lookahead", "--optimizer", "adamw"], "update_rule"),
 ])
 def test_bad_config_value_names_field_and_exits_2(flags, field, tmp_path, capsys):
     from adt_tui.cli import main
