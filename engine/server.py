@@ -258,7 +258,7 @@ class ParameterServer:
                     self.flat.named_params[name].grad.copy_(grad)
             elif grads is not self.flat.grads:  # the single-process path shares its gradient buffer
                 self.flat.grads.copy_(grads, non_blocking=True)
-            self.lr = self.schedule(self.samples_seen / self.config.batch_size)
+            self.lr = self.schedule(self._clock())
             self.rule.apply(worker, staleness, base_version, self.lr)
             self.version += 1
             if self.config.max_updates and self.version >= self.config.max_updates and self.outcome is None:
@@ -285,6 +285,10 @@ class ParameterServer:
                 torch.cuda.current_stream(params.device).synchronize()
             self.rule.sent(worker, self.version)
         return Reply(self.version, params, self._stopping(), self.lr)
+
+    def _clock(self) -> float:
+        """The schedule's clock: samples applied, in batches (engine/schedule.py)."""
+        return self.samples_seen / self.config.batch_size
 
     def _stopping(self) -> bool:
         return self.outcome is not None or self.stop_requested.is_set()
@@ -354,7 +358,7 @@ class ParameterServer:
         self.last_val = {**result, "version": self.version}
         self.events.emit("validation", version=self.version, epoch=self.epoch,
                          samples_seen=self.samples_seen, chance=1 / self.num_classes, **result)
-        warming_up = self.schedule.warming_up(self.samples_seen / self.config.batch_size)
+        warming_up = self.schedule.warming_up(self._clock())
         for alert in self.health.validation(result["loss"], result["acc"], result["count"], warming_up):
             self._alert(*alert)
             if self.config.stop_on_divergence and self.health.diverged():
@@ -402,7 +406,7 @@ class ParameterServer:
         self.model.load_state_dict(payload["model"])
         self.version, self.epoch = payload["version"], payload["epoch"]
         self.samples_seen = payload.get("samples_seen", 0)
-        self.lr = self.schedule(self.samples_seen / self.config.batch_size)
+        self.lr = self.schedule(self._clock())
         if payload["rule"]["rule"] == self.rule.name:
             self.rule.load_state_dict(payload["rule"])
         else:  # resumed with --update-rule changed: the new rule starts with fresh state
