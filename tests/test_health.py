@@ -152,7 +152,10 @@ def test_stopped_worker_is_flagged_silent_and_counted_again_when_back(tiny_data,
         os.kill(worker, signal.SIGCONT)
     latency(record_property, "worker silent (SIGSTOP, timeout 2s) -> worker_silent alert",
             alert["t"] - signal_sent)
-    assert alert["worker"] == 1 and alert["t"] - signal_sent >= 2
+    # Silence counts from the worker's last push, which came before the SIGSTOP: the alert comes
+    # after the stop, but less than the timeout after it is possible.
+    assert alert["worker"] == 1 and alert["t"] > signal_sent
+    assert not [a for a in job.events("alert") if a["code"] == "worker_silent" and a["t"] < signal_sent]
     back = job.wait_event("worker_metrics", 30, lambda e: e["worker"] == 1 and e["t"] > alert["t"])
     assert any(a["code"] == "worker_lost" and "back" in a["message"] for a in job.events("alert")), back
     job.proc.send_signal(signal.SIGINT)
