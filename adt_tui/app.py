@@ -24,9 +24,10 @@ from textual.binding import Binding, BindingType
 from textual.containers import Grid
 from textual.widgets import DataTable, Footer
 
-from engine.config import RunConfig
+from engine.config import ConfigError, RunConfig
 from engine.events import EventTail
 from engine.fingerprint import PROJECT_ROOT, SOURCE_DIRS, source_hash
+from engine.sources import job_sources
 
 from .charts import AXES, CHARTS, Chart, chart_spec
 from .gpustats import GpuStats, GpuUsage
@@ -44,6 +45,7 @@ from .panels import (
 )
 from .procstats import ProcStats, Usage
 from .screens import Choice, ChoiceScreen, DetailScreen, HelpScreen, confirm
+from .stale import StartedSources
 from .state import RunState
 from .supervisor import Supervisor
 from .watcher import SourceWatcher
@@ -66,8 +68,8 @@ def default_source_dirs() -> list[Path]:
 
 
 def fingerprint(paths: Sequence[Path]) -> str:
-    """The same hash the engine records (engine/fingerprint.py), over the watched directories."""
-    return source_hash([p for p in paths if p.is_dir()])
+    """The same hash the engine records (engine/fingerprint.py), over the watched paths."""
+    return source_hash(paths)
 
 
 class AdtApp(App[int]):
@@ -104,21 +106,22 @@ class AdtApp(App[int]):
     ]
 
     def __init__(self, config: RunConfig | None = None, *, run_dir: str | Path | None = None,
-                 watch: Iterable[str | Path] = (), source_dirs: Iterable[str | Path] | None = None,
+                 source_dirs: Iterable[str | Path] | None = None,
                  restart_on_change: bool = False, clock: Callable[[], float] = time.time,
                  python: str | None = None, gpu: GpuStats | None = None) -> None:
         """Give `config` to start and own a job, or `run_dir` to watch an existing one.
 
-        `source_dirs` replaces the watched source directories (tests watch a temp dir);
-        `watch` adds paths; `clock` is the wall clock for elapsed time (frozen in snapshots);
+        `source_dirs` replaces adt's own source directories among the watched paths (tests watch a
+        temp dir; the job's model, config file and --watch paths join them);
+        `clock` is the wall clock for elapsed time (frozen in snapshots);
         `gpu` replaces the NVML sampler (tests pass one without NVML, or a fake).
         """
         super().__init__()
         if (config is None) == (run_dir is None):
             raise ValueError("pass exactly one of config (start a job) or run_dir (watch one)")
         self.config = config
-        dirs = default_source_dirs() if source_dirs is None else [Path(d) for d in source_dirs]
-        self.source_paths = [p.resolve() for p in (*dirs, *map(Path, watch))]
+        self.own_dirs = default_source_dirs() if source_dirs is None else [Path(d) for d in source_dirs]
+        self.sources: StartedSources | None = None  # the job's files as it started (adt_tui/stale.py)
         self.restart_on_change = restart_on_change
         self.clock = clock
         self.python = python
@@ -196,6 +199,7 @@ class AdtApp(App[int]):
         else:
             self._open_run(self.supervisor.run_dir)  # type: ignore[union-attr]
             if self.job_running():
+                self.sources = self._job_sources(self.supervisor.config)  # type: ignore[union-attr]
                 self._start_watcher()
         self.layout_for(*self.size)
         self.set_interval(TICK, self.tick)
@@ -205,7 +209,8 @@ class AdtApp(App[int]):
     # --- the job ------------------------------------------------------------------------------
     def start_job(self, config: RunConfig) -> None:
         """Start a job with the current code (a fresh run, or a resume into the same run dir)."""
-        self.started_fingerprint = fingerprint(self.source_paths)
+        self.sources = self._job_sources(config)
+        self.started_fingerprint = self.sources.fingerprint
         self.now_fingerprint, self.stale_paths, self.stale_seen_at = None, [], None
         kwargs = {"python": self.python} if self.python else {}
         self.supervisor = Supervisor(config, **kwargs)
@@ -216,6 +221,14 @@ class AdtApp(App[int]):
         if self.tail is None or self.tail.path != run_dir / "events.jsonl":
             self._open_run(run_dir)
         self._start_watcher()
+
+    def _job_sources(self, config: RunConfig) -> StartedSources:
+        return StartedSources(job_sources(config, self.own_dirs), config.config_file)
+
+    @property
+    def source_paths(self) -> list[Path]:
+        """What the job depends on, watched for changes."""
+        return self.sources.paths if self.sources else [p.resolve() for p in self.own_dirs]
 
     def _open_run(self, run_dir: Path) -> None:
         """Read a run from the start of its events (a new run, or one we attach to)."""
@@ -379,12 +392,7 @@ class AdtApp(App[int]):
         self.action_detail()
 
     def _stale_names(self) -> list[str]:
-        names = []
-        for path in self.stale_paths:
-            p = Path(path)
-            rel = next((p.relative_to(r.parent) for r in self.source_paths if p.is_relative_to(r)), p)
-            names.append(str(rel))
-        return names
+        return self.sources.names(self.stale_paths) if self.sources else list(self.stale_paths)
 
     # --- stale code ---------------------------------------------------------------------------
     def _start_watcher(self) -> None:
@@ -397,9 +405,9 @@ class AdtApp(App[int]):
         self.run_worker(self.watcher.run, group="watch", exclusive=True, exit_on_error=False)
 
     def on_source_changed(self, message: SourceChanged) -> None:
-        if not self.job_running() or self.stopping:
+        if not self.job_running() or self.stopping or self.sources is None:
             return
-        now = fingerprint(self.source_paths)
+        now = self.sources.now()
         if now == self.job_fingerprint:  # saved back to what the job runs: not stale after all
             self.now_fingerprint, self.stale_paths = None, []
         else:
@@ -566,13 +574,20 @@ class AdtApp(App[int]):
         if message.then == "quit":
             self.exit(self.exit_code())
         elif message.then in ("resume", "fresh"):
-            self.start_job(self._next_config(message.then))
+            try:
+                config = self._next_config(message.then)
+            except ConfigError as exc:  # the config file was changed into something invalid
+                self.notify(str(exc), title="not restarted", severity="error", timeout=15, markup=False)
+                return
+            self.start_job(config)
             self.tick()
 
     def _next_config(self, how: str) -> RunConfig:
-        """A copy of the config for the next start: resume = same run id, fresh = a new one."""
+        """A copy of the config for the next start, with what its TOML file changed: resume =
+        same run id, fresh = a new one."""
         assert self.config is not None and self.supervisor is not None
-        config = RunConfig.from_dict(self.config.to_dict())
+        config = (self.sources.updated(self.config) if self.sources
+                  else RunConfig.from_dict(self.config.to_dict()))
         old = self.supervisor.run_id
         if how == "resume" and self.state.checkpoints:
             config.resume, config.run_id = old, old
@@ -587,12 +602,12 @@ class AdtApp(App[int]):
             self.watcher.stop()
 
 
-def run_monitor(config: RunConfig, watch: Iterable[str] = (), restart_on_change: bool = False) -> int:
+def run_monitor(config: RunConfig, restart_on_change: bool = False) -> int:
     """`adt run`: check and prepare the job, then run it under the monitor; returns the exit code."""
     from .launch import prepare_job
 
     prepare_job(config)  # bad data or config fails here, in plain text, before the screen opens
-    app = AdtApp(config, watch=watch, restart_on_change=restart_on_change)
+    app = AdtApp(config, restart_on_change=restart_on_change)
     code = app.run()
     return _after(app, code)
 

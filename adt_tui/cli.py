@@ -31,6 +31,8 @@ class _ShowDefaults(argparse.HelpFormatter):
         else:
             return action.help
         shown = ("on" if value else "off") if isinstance(value, bool) else repr(value) if value == "" else value
+        if isinstance(value, list):
+            shown = ", ".join(value) or "none"
         return f"{text} (default: {str(shown).replace('%', '%%')})".lstrip()
 
 
@@ -51,7 +53,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help=f"data directory with train/ and val/ shard folders (default {DEFAULT_DATA})")
     p.add_argument("--train-url", help="train shard URL, e.g. file:data/x/train/train-{000000..000003}.tar")
     p.add_argument("--val-url", help="validation shard URL")
-    p.add_argument("--model", help="cnn (small, fast) or resnet18 (64x64 stem)")
+    p.add_argument("--model", help="cnn (small, fast), a torchvision model name (resnet18, resnet50, "
+                   "efficientnet_b0, vit_b_16, ...), or your own build(num_classes): path/to/file.py:build "
+                   "or package.module:build")
+    p.add_argument("--small-input-stem", help="ResNets: 3x3 stride-1 first convolution and no max-pool; "
+                   "auto (on for images up to 64 px), on or off")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-updates", type=int, help="stop after this many updates (0: all epochs)")
@@ -99,7 +105,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    help="resume even if the data fingerprint differs (never with another model shape)")
 
 
-_NOT_CONFIG = {"config", "command", "no_ui", "func", "watch", "restart_on_change"}
+_NOT_CONFIG = {"config", "command", "no_ui", "func", "restart_on_change"}
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -111,7 +117,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             raise ConfigError("resume", f"names run {args.resume!r}, but {saved} does not exist",
                               "pick a run id from `ls runs/`")
         base = json.loads(saved.read_text())
-        base.update(resume="", run_id="", force=False)
+        base.update(resume="", run_id="", force=False, config_file="")  # --config is read again only if given
     return build_config(args.config, {**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -120,10 +126,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.no_ui:
         from .headless import run_headless
 
-        return run_headless(config, watch=args.watch)
+        return run_headless(config)
     from .app import run_monitor
 
-    return run_monitor(config, watch=args.watch, restart_on_change=args.restart_on_change)
+    return run_monitor(config, restart_on_change=args.restart_on_change)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -204,10 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train (opens the monitor; --no-ui for headless)")
     _run_flags(run)
     run.add_argument("--no-ui", action="store_true", help="run headless: plain progress on stdout")
-    run.add_argument("--watch", action="append", default=[], metavar="PATH",
-                     help="also watch PATH for source changes")
+    run.add_argument("--watch", action="append", metavar="PATH",
+                     help="a file or directory the job depends on, watched and fingerprinted with its "
+                     "code (repeatable; directories: their *.py files)")
     run.add_argument("--restart-on-change", action="store_true",
-                     help="restart the job by itself when watched source changes")
+                     help="restart the job by itself when watched source or its config file changes")
     run.set_defaults(func=cmd_run)
 
     watch = sub.add_parser("watch", help="open the monitor on an existing run (re-attach)")

@@ -14,10 +14,11 @@ from typing import Any, TextIO
 
 from engine.config import RunConfig
 from engine.events import EventTail
-from engine.fingerprint import PROJECT_ROOT, SOURCE_DIRS, source_hash
+from engine.sources import job_sources
 
 from .launch import prepare_job
 from .series import Curves
+from .stale import StartedSources
 from .supervisor import Supervisor
 from .watcher import SourceWatcher
 
@@ -125,28 +126,26 @@ def _num(value: Any) -> str:
 
 class StaleCodeWarner:
     """The monitor's source watcher for headless runs: one warning line per burst of changes that
-    leaves the code different from what the job started with. Runs its own event loop on a thread;
-    `warnings()` hands the lines to the printing thread."""
+    leaves the job's files different from what it started with. Runs its own event loop on a
+    thread; `warnings()` hands the lines to the printing thread."""
 
-    def __init__(self, paths: Iterable[str | Path]) -> None:
-        self.paths = [Path(p).resolve() for p in paths]
-        self.started = self._fingerprint()  # before the job starts: the code its processes load
+    def __init__(self, paths: Iterable[str | Path], config_file: str = "") -> None:
+        self.sources = StartedSources(paths, config_file)  # before the job starts: what it loads
+        self.started = self.sources.fingerprint
         self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._watcher = SourceWatcher(self.paths, self._changed)
+        self._watcher = SourceWatcher(self.sources.paths, self._changed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    def _fingerprint(self) -> str:
-        return source_hash([p for p in self.paths if p.is_dir()])  # the engine's hash, as the monitor
-
     def _changed(self, paths: tuple[str, ...], _at: float) -> None:
-        now = self._fingerprint()
+        now = self.sources.now()
         if now == self.started:  # saved back to what the job runs: not stale
             return
-        names = ", ".join(str(Path(p).relative_to(PROJECT_ROOT)) if Path(p).is_relative_to(PROJECT_ROOT)
-                          else p for p in paths)
-        self._lines.put(f"WARNING: source changed under the running job: {names}; restart to run "
-                        f"the new code (started with code {self.started}, now {now})")
+        what, then = (("config", "use it") if all(self.sources.is_config(p) for p in paths)
+                      else ("source", "run the new code"))
+        self._lines.put(f"WARNING: {what} changed under the running job: "
+                        f"{', '.join(self.sources.names(paths))}; restart to {then} "
+                        f"(started with code {self.started}, now {now})")
 
     def start(self) -> None:
         self._loop = loop = asyncio.new_event_loop()
@@ -170,17 +169,17 @@ class StaleCodeWarner:
             self._loop.close()
 
 
-def run_headless(config: RunConfig, out: TextIO = sys.stdout, watch: Iterable[str | Path] = ()) -> int:
+def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
     """Run a job to its end, printing progress; returns the process exit code.
 
-    `watch` adds paths to the watched sources (engine/ and adt_tui/): a change prints a warning.
+    A change to the job's files (engine.sources.job_sources) prints a warning naming them.
     """
     prepare_job(config, out)  # raises ConfigError/DataError/CheckpointError before any process starts
     supervisor = Supervisor(config)
     events_path = supervisor.run_dir / "events.jsonl"
     # A resumed run appends to its old events: print (and judge the outcome by) this start's only.
     offset = events_path.stat().st_size if events_path.exists() else 0
-    stale = StaleCodeWarner([*(PROJECT_ROOT / d for d in SOURCE_DIRS), *map(Path, watch)])
+    stale = StaleCodeWarner(job_sources(config), config.config_file)
     run_dir = supervisor.start()
     stale.start()
     printer = Printer(out)

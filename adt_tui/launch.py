@@ -19,6 +19,9 @@ def prepare_job(config: RunConfig, out: TextIO = sys.stdout,
 
     Raises ConfigError, DataError or CheckpointError (all exit code 2) before anything runs.
     """
+    from engine.models import model_builder
+
+    model_builder(config.model)  # an unknown name or a user's file that will not import: before any data is made
     if config.data == DEFAULT_DATA and not config.train_url and not Path(DEFAULT_DATA).exists():
         from engine.synth import write_synthetic
 

@@ -1,11 +1,11 @@
 """Stale-code detection: watch source directories for Python changes, apart from any widget.
 
 `SourceWatcher.run()` is an async loop over `watchfiles.awatch`; each debounced batch of changed
-`*.py` files is handed to a callback (the app posts it as a `SourceChanged` message). Editors'
-atomic saves (write a temp file, rename it over the original) arrive as an "added" or "modified"
-event on the real name, so they count; the temp names (`.x.py.swp`, `x.py~`, `4913`) do not end
-in `.py` and are ignored. Anything under data/, checkpoints/, runs/ or __pycache__ never counts:
-a running job writes there all the time.
+`*.py` files, and of files watched by name (a model file, the TOML config), is handed to a
+callback (the app posts it as a `SourceChanged` message). Editors' atomic saves (write a temp file,
+rename it over the original) arrive as an "added" or "modified" event on the real name, so they
+count; the temp names (`.x.py.swp`, `x.py~`, `4913`) do not end in `.py` and are ignored. Anything
+under data/, checkpoints/, runs/ or __pycache__ never counts: a running job writes there all the time.
 """
 
 from __future__ import annotations
@@ -25,13 +25,17 @@ STEP_MS = 50
 
 
 class SourceFilter(DefaultFilter):
-    """Only `*.py` files, never below an ignored directory of a watched root."""
+    """Only `*.py` files, never below an ignored directory of a watched root; and `files`, whatever
+    their kind (adt.toml)."""
 
-    def __init__(self, roots: Iterable[Path]) -> None:
+    def __init__(self, roots: Iterable[Path], files: Iterable[Path] = ()) -> None:
         super().__init__()  # its ignore list (__pycache__, .git, ...) checks every path component
         self.roots = [r.resolve() for r in roots]
+        self.files = {str(f.resolve()) for f in files}
 
     def __call__(self, change: Change, path: str) -> bool:
+        if path in self.files:
+            return True
         if not path.endswith(".py") or not super().__call__(change, path):
             return False
         p = Path(path)
@@ -67,7 +71,7 @@ class SourceWatcher:
         self.roots = watch_roots(self.paths)
         self.on_change = on_change
         self._stop = asyncio.Event()
-        self.filter = SourceFilter(self.roots)
+        self.filter = SourceFilter(self.roots, [p for p in self.paths if not p.is_dir()])
 
     def wanted(self, path: str) -> bool:
         """A file given explicitly with --watch counts only itself, not its neighbours."""

@@ -7,13 +7,13 @@ no torch, so the CLI and the monitor can check a config in milliseconds.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
-MODELS = ("cnn", "resnet18")
+SMALL_INPUT_STEMS = ("auto", "on", "off")
 OPTIMIZERS = ("sgd", "adamw")
 UPDATE_RULES = ("sgd", "lr/staleness", "async-momentum", "dc-asgd", "lookahead", "lookahead-damped", "local-sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -30,7 +30,7 @@ class ConfigError(ValueError):
     def __init__(self, field_name: str, problem: str, fix: str, source: str = "") -> None:
         where = f" in {source}" if source else ""
         super().__init__(f"config error{where}: '{field_name}' {problem}. Fix: {fix}.")
-        self.field = field_name
+        self.field, self.problem, self.fix = field_name, problem, fix
 
 
 @dataclass
@@ -42,7 +42,8 @@ class RunConfig:
     train_url: str = ""
     val_url: str = ""
     # model and optimisation
-    model: str = "cnn"
+    model: str = "cnn"  # cnn, a torchvision name, FILE.py:FUNCTION or MODULE:FUNCTION (engine/sources.py)
+    small_input_stem: str = "auto"  # ResNets: 3x3 stride-1 stem, no max-pool; auto = images <= 64 px
     num_classes: int = 0  # 0: take it from the data manifest
     epochs: int = 3
     max_updates: int = 0  # stop after this many applied updates (0: run all epochs)
@@ -89,6 +90,9 @@ class RunConfig:
     run_id: str = ""
     resume: str = ""
     force: bool = False
+    # what else the job's code fingerprint and the stale-code watchers cover
+    config_file: str = ""  # the TOML file the run was started with (absolute; set by build_config)
+    watch: list[str] = field(default_factory=list)  # more files or directories
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,8 +121,21 @@ class RunConfig:
                 setattr(self, name, float(value))
             elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 bad(name, f"must be {kind.__name__}, got {value!r}", f"set {name} to a {kind.__name__}")
-        if self.model not in MODELS:
-            bad("model", f"is {self.model!r}, which is not a known model", f"use one of {MODELS}")
+        from .sources import parse_model, resnet_family  # it imports ConfigError from here
+
+        try:
+            parse_model(self.model)  # its form, and a user's file; names are checked with torchvision
+        except ConfigError as exc:
+            bad("model", exc.problem, exc.fix)
+        if self.small_input_stem not in SMALL_INPUT_STEMS:
+            bad("small_input_stem", f"is {self.small_input_stem!r}", f"use one of {SMALL_INPUT_STEMS}")
+        if self.small_input_stem == "on" and not resnet_family(self.model):
+            bad("small_input_stem", f"is 'on', but model {self.model!r} is not a torchvision ResNet "
+                "(resnet*, resnext*, wide_resnet*), the only models with that stem",
+                "use auto or off, or a ResNet")
+        for path in self.watch:
+            if not isinstance(path, str) or not Path(path).expanduser().exists():
+                bad("watch", f"names {path!r}, which does not exist", "pass an existing file or directory")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"is {self.optimizer!r}", f"use one of {OPTIMIZERS}")
         if self.update_rule not in UPDATE_RULES:
@@ -187,7 +204,7 @@ def parse_warmup(text: str) -> tuple[float, str] | None:
 
 
 _TYPES: dict[str, type] = {
-    f.name: {"str": str, "int": int, "float": float, "bool": bool}[f.type]  # type: ignore[index]
+    f.name: {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}[f.type]  # type: ignore[index]
     for f in dataclasses.fields(RunConfig)
 }
 
@@ -212,4 +229,14 @@ def build_config(toml_path: str | None, overrides: dict[str, Any]) -> RunConfig:
     if from_toml:  # a bad value the TOML file sets (and no flag replaces) is reported with its file
         kept = {k: v for k, v in from_toml.items() if k not in flags}
         RunConfig.from_dict(kept, str(toml_path)).validate(str(toml_path))
+    if toml_path:  # watched with the code: an edit shows as "config changed"
+        flags["config_file"] = str(Path(toml_path).resolve())
     return RunConfig.from_dict({**from_toml, **flags}).validate()
+
+
+_MISSING = object()
+
+
+def changed_settings(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two parsed TOML files (added and removed ones too)."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k, _MISSING) != after.get(k, _MISSING))

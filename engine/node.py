@@ -27,7 +27,8 @@ from .config import ConfigError, RunConfig
 from .data import DataError, DataSpec, Split, resolve_data, worker_shards
 from .datacheck import local_copy_problem
 from .events import EventWriter
-from .fingerprint import startup_fingerprint
+from .fingerprint import cover, startup_fingerprint
+from .sources import job_sources
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -66,9 +67,9 @@ def check_resume(config: RunConfig, spec: DataSpec) -> None:
     """Before any process starts: raise CheckpointError if `--resume` would be refused."""
     if not config.resume:
         return
-    from .models import build_model
+    from .models import build_for
 
-    model = build_model(config.model, config.num_classes or len(spec.classes))
+    model = build_for(config, config.num_classes or len(spec.classes), spec.image_size)
     _compatible_checkpoint(config, spec.fingerprint(),
                            {k: list(v.shape) for k, v in model.state_dict().items()})
 
@@ -102,13 +103,14 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
         raise DataError(f"num_classes is {config.num_classes} but {spec.train.manifest_path} lists "
                         f"{len(spec.classes)} classes. Fix: drop --num-classes or use matching data.")
     events = EventWriter(run_dir / "events.jsonl", config.run_id)
+    cover(job_sources(config))  # the user's model, TOML and --watch paths join adt's code
     checkpoint_dir = Path(config.checkpoints_dir).resolve() / config.run_id
     meta = {"run_id": config.run_id, "code": startup_fingerprint(), "data_fingerprint": spec.fingerprint(),
             "data": spec.describe(), "started": time.time()}
     device = resolve_device(config.device if single else config.ps_device)
-    from .models import build_model
+    from .models import build_for
 
-    shapes = {k: list(v.shape) for k, v in build_model(config.model, len(spec.classes)).state_dict().items()}
+    shapes = {k: list(v.shape) for k, v in build_for(config, len(spec.classes), spec.image_size).state_dict().items()}
     resume = load_resume(config, meta, shapes, events)
     server = ParameterServer(config, spec, events, max(1, world_size - 1), device, checkpoint_dir, meta,
                              resume, single=single)
@@ -188,6 +190,7 @@ def run_worker_process(rank: int, world_size: int, host: str, port: int, stop: t
     try:
         job = client.job()
         config = RunConfig.from_dict(job["config"])
+        cover(job_sources(config))  # as the PS does: the same files make the same fingerprint
         train = Split(job["train_urls"], job["train_manifest"], job["train_manifest_path"])
         problem = local_copy_problem(train, worker_shards(train.urls, worker, job["num_workers"],
                                                           config.loader_workers))

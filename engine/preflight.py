@@ -5,7 +5,8 @@ manifest, and that both splits share one class map and size. On top of that, `pr
 that the shards are readable and match the manifest's byte counts, that the first samples of every
 shard decode to images of the manifest's size with labels in range, that the model's class count
 matches, and how the shards are shared among the worker x loader readers. It reads only the first
-samples of each shard, so it stays well under a second on the built-in data.
+samples of each shard, so it stays well under a second on the built-in data. Then it builds the
+model and runs one batch of the data's size through it (engine/models.py: check_model).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .config import RunConfig
 from .data import DataSpec, Split, decode_sample, reader_plan, resolve_data
 from .errors import DataError
 from .listen import run_listeners
+from .models import check_model
 
 SAMPLES_PER_SHARD = 2  # enough to catch a wrong format, size or class map; cheap on any data set
 
@@ -36,6 +38,7 @@ class PreflightReport:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     listeners: list[str] = field(default_factory=list)  # where the job will listen (engine.listen)
+    model: str = ""  # the model check's line
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (for events.jsonl and run records)."""
@@ -58,7 +61,7 @@ class PreflightReport:
             lines.append(f"  {name:5} {s['samples']} samples in {s['shards']} shards: {s['dir']}")
         lines += [f"  warning: {text}" for text in self.warnings]
         lines.append(f"  checked in {self.seconds:.2f}s")
-        return lines + self.listeners
+        return lines + ([self.model] if self.model else []) + self.listeners
 
 
 def readers_of(config: RunConfig) -> int:
@@ -151,5 +154,6 @@ def preflight(config: RunConfig) -> PreflightReport:
                                "benchmark (docs/BENCHMARKS.md, Convergence). Drop --overlap, or use "
                                "--update-rule lookahead-damped (83% instead of 38% on the CPU benchmark).")
     report.seconds = round(time.monotonic() - start, 3)
+    report.model = check_model(config, len(classes), spec.image_size)
     report.listeners = run_listeners(config.host, config.port, config.workers)
     return report

@@ -36,7 +36,7 @@ from .data import DataSpec, ShardStream
 from .evaluate import evaluate, recompute_batchnorm
 from .events import EventWriter
 from .health import Health
-from .models import build_model
+from .models import build_for
 from .rules import make_rule
 from .schedule import LRSchedule
 
@@ -129,7 +129,7 @@ class ParameterServer:
         self.num_workers, self.device = num_workers, device
         self.checkpoint_dir, self.meta = checkpoint_dir, meta
         self.num_classes = len(data.classes)
-        self.flat = FlatModel(build_model(config.model, self.num_classes).to(device))
+        self.flat = FlatModel(build_for(config, self.num_classes, data.image_size).to(device))
         self.model = self.flat.model
         self.rule = make_rule(config, self.flat.params, self.flat.grads, self.model, single)
         self.schedule = LRSchedule(config, data.train.num_samples)

@@ -19,7 +19,7 @@ from torch import nn
 from .config import RunConfig
 from .data import ShardStream, Split, make_loader, worker_shards
 from .fingerprint import startup_fingerprint
-from .models import build_model, normalize
+from .models import build_for, normalize
 from .rules import make_optimizer
 from .server import FlatModel, resolve_device
 
@@ -89,7 +89,7 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
                          train=True, seed=config.seed, augment=config.augment)
     shards = worker_shards(train.urls, worker, workers, config.loader_workers)
     reply = client.register(worker_info(worker, rank, device, shards, config.loader_workers))
-    flat = model or FlatModel(build_model(config.model, len(train.manifest["classes"])).to(device))
+    flat = model or FlatModel(build_for(config, len(train.manifest["classes"]), train.manifest["image_size"]).to(device))
     forward = torch.compile(flat.model) if config.compile else flat.model
     if not client.shares_model:
         flat.params.copy_(reply["params"])

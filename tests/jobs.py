@@ -72,7 +72,8 @@ def change_source(tree: Path, relative: str = "engine/worker.py", note: str = "c
 class HeadlessJob:
     """`adt run --no-ui ...` as a child process; a thread collects its output lines."""
 
-    def __init__(self, tmp: Path, *flags: str, run_id: str = "job", tree: Path | None = None) -> None:
+    def __init__(self, tmp: Path, *flags: str, run_id: str = "job", tree: Path | None = None,
+                 cwd: Path | None = None) -> None:
         self.runs, self.checkpoints = tmp / "runs", tmp / "checkpoints"
         self.run_dir = self.runs / run_id
         self.events_path = self.run_dir / "events.jsonl"
@@ -80,7 +81,7 @@ class HeadlessJob:
         cmd = adt_command("run", "--no-ui", "--runs-dir", str(self.runs),
                           "--checkpoints-dir", str(self.checkpoints), "--run-id", run_id, *flags)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=tree_env(tree) if tree else child_env(), cwd=tree or ROOT)
+                                     env=tree_env(tree) if tree else child_env(), cwd=cwd or tree or ROOT)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -134,3 +134,28 @@ def test_resume_with_changed_code_is_allowed_but_warned_and_recorded(resumable, 
     assert alert["level"] == "warning" and old in alert["message"] and new in alert["message"]
     assert "WARNING: resuming with changed code" in result.stdout
     assert load_checkpoint(resumable / "checkpoints" / "base" / "last.pt")["meta"]["code"]["fingerprint"] == new
+
+
+def test_fingerprint_covers_the_model_file_config_file_and_watched_paths(tiny_data, tmp_path):
+    """Every process hashes the same files, so a worker agrees with the PS; run_start lists them."""
+    model = tmp_path / "net.py"
+    model.write_text("from torch import nn\n\n\ndef build(num_classes):\n"
+                     "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, num_classes))\n")
+    toml = tmp_path / "adt.toml"
+    toml.write_text("epochs = 1\nmax_updates = 5\n")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "augment_more.py").write_text("STRENGTH = 1\n")
+    job = HeadlessJob(tmp_path, "--config", str(toml), "--watch", str(hooks), "--data", str(tiny_data),
+                      "--model", f"{model}:build", "--workers", "1", *FAST)
+    assert job.wait(180) == 0, job.context()
+    (start,) = job.events("run_start")
+    covers = start["code"]["covers"]
+    assert [Path(p).name for p in covers] == ["engine", "adt_tui", "net.py", "adt.toml", "hooks"]
+    assert start["config"]["config_file"] == str(toml.resolve()) and start["config"]["watch"] == [str(hooks)]
+    (joined,) = job.events("worker_join")
+    assert joined["code_fingerprint"] == start["code"]["fingerprint"]
+    assert not [a for a in job.events("alert") if a["code"] == "fingerprint_mismatch"]
+    saved = json.loads((job.run_dir / "config.json").read_text())
+    assert saved["config_file"] == str(toml.resolve())
+    assert load_checkpoint(job.checkpoint_dir / "last.pt")["meta"]["code"]["covers"] == covers

@@ -169,6 +169,33 @@ async def test_stale_code_warning_names_the_file_and_restart_shows_new_fingerpri
     assert leftover_guard() == []
 
 
+async def test_changed_model_file_and_config_are_named_in_the_warning(
+        tiny_data: Path, leftover_guard, tmp_path: Path) -> None:
+    model = tmp_path / "my_model.py"
+    model.write_text("from torch import nn\n\n\ndef build(num_classes):\n"
+                     "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, num_classes))\n")
+    toml = tmp_path / "adt.toml"
+    toml.write_text("lr = 0.02\n")
+    config = tiny_config(tiny_data, tmp_path, epochs=200, grace_period=8.0, log_interval=0.3, lr=0.02,
+                         model=f"{model}:build", config_file=str(toml))
+    app = AdtApp(config, source_dirs=[tmp_path / "src"])
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, "the job to train", lambda: workers_training(app))
+        assert app.started_fingerprint == fingerprint([tmp_path / "src", model, toml])
+        toml.write_text("lr = 0.05\n")
+        await wait_for(pilot, "the config warning",
+                       lambda: "adt.toml (config changed: lr)" in alert_text(app), 30)
+        with open(model, "a") as f:
+            f.write("# wider next time\n")
+        await wait_for(pilot, "the model file in the warning", lambda: "my_model.py" in alert_text(app), 30)
+        assert "STALE CODE" in screen_text(app)
+        await pilot.press("q")
+        await wait_for(pilot, "the quit question", lambda: "Quit the monitor?" in screen_text(app), 5)
+        await pilot.press("s")
+        await wait_for(pilot, "the monitor to quit", lambda: not app.is_running)
+    assert leftover_guard() == []
+
+
 async def test_worker_killed_with_sigkill_shows_exit_and_alert(
         monitor_config: RunConfig, leftover_guard, tmp_path: Path) -> None:
     app = AdtApp(monitor_config, source_dirs=[tmp_path / "src"])

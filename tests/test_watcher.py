@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from watchfiles import Change
 
+from adt_tui.stale import StartedSources
 from adt_tui.watcher import SourceFilter, SourceWatcher
+from engine.config import ConfigError, build_config
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -65,3 +67,38 @@ def test_an_explicit_file_counts_alone(tmp_path: Path) -> None:
     assert watcher.roots == [tmp_path.resolve()]
     assert watcher.wanted(str(watched.resolve()))
     assert not watcher.wanted(str(tmp_path.resolve() / "neighbour.py"))
+
+
+def test_a_file_watched_by_name_counts_whatever_its_kind(tmp_path: Path) -> None:
+    counts = SourceFilter([tmp_path], files=[tmp_path / "adt.toml"])
+    assert counts(Change.modified, str((tmp_path / "adt.toml").resolve()))
+    assert not counts(Change.modified, str((tmp_path / "other.toml").resolve()))
+
+
+def test_a_config_change_is_named_by_the_settings_it_changed(tmp_path: Path) -> None:
+    toml, model = tmp_path / "adt.toml", tmp_path / "my_model.py"
+    toml.write_text("lr = 0.05\n[run]\nepochs = 3\n")
+    model.write_text("X = 1\n")
+    sources = StartedSources([tmp_path / "engine", model, toml], str(toml))
+    toml.write_text("# tuned\nlr = 0.1\nbatch_size = 32\n[run]\nepochs = 3\n")
+    assert sources.names([str(toml.resolve()), str(model.resolve())]) == [
+        "adt.toml (config changed: batch_size, lr)", "my_model.py"]
+    assert sources.now() != sources.fingerprint
+    toml.write_text("lr = \n")  # half way through an edit
+    assert sources.name(str(toml.resolve())) == "adt.toml (config changed: not valid TOML now)"
+    toml.write_text("lr = 0.05\n[run]\nepochs = 3\n")
+    assert sources.now() == sources.fingerprint  # saved back: not stale
+
+
+def test_a_restart_takes_the_changed_settings_and_keeps_the_flags(tmp_path: Path) -> None:
+    toml = tmp_path / "adt.toml"
+    toml.write_text("lr = 0.05\nepochs = 3\n")
+    config = build_config(str(toml), {"lr": 0.01})  # --lr 0.01 beats the file
+    assert config.config_file == str(toml.resolve())
+    sources = StartedSources([toml], config.config_file)
+    toml.write_text("lr = 0.2\nepochs = 9\n")
+    restarted = sources.updated(config)
+    assert (restarted.lr, restarted.epochs) == (0.01, 9)
+    toml.write_text("epochs = -1\n")
+    with pytest.raises(ConfigError, match="adt.toml: 'epochs'"):
+        sources.updated(config)
