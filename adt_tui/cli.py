@@ -51,7 +51,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     """Flags for every RunConfig field (None = not given, so TOML or the default stands)."""
     p.add_argument("--config", help="TOML file with run settings (flags win)")
     p.add_argument("--data", help=f"data directory with train/ and val/ shard folders (default {DEFAULT_DATA})")
-    p.add_argument("--train-url", help="train shard URL, e.g. file:data/x/train/train-{000000..000003}.tar")
+    p.add_argument("--train-url", help="train shards: a path, http(s):// URL or pipe:COMMAND, "
+                   "e.g. http://host/train/train-{000000..000003}.tar")
     p.add_argument("--val-url", help="validation shard URL")
     p.add_argument("--model", help="cnn (small, fast), a torchvision model name (resnet18, resnet50, "
                    "efficientnet_b0, vit_b_16, ...), or your own build(num_classes): path/to/file.py:build "

@@ -5,41 +5,62 @@ A *reader* is one DataLoader process of one worker. With R readers and S shards:
 - S <  R: the readers that share shard r mod S take every k-th sample of it (k = how many share),
   so they read the whole shard but decode only their own samples.
 Either way an epoch sees every training sample exactly once across all workers.
+
+A shard is a local path or a remote URL (`http(s)://`, `pipe:COMMAND`; engine/remote.py opens them).
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
 import random
 import signal
+import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import braceexpand
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
+from webdataset.tariterators import group_by_keys
 
 from .augment import flip_crop
 from .errors import DataError
+from .remote import (
+    ShardStat,
+    folder_of,
+    is_pipe,
+    is_remote,
+    manifest_location,
+    missing_program,
+    open_shard,
+    read_small,
+    shard_name,
+    stat_http,
+    why,
+)
 from .shards import MANIFEST
 
 __all__ = ["DataError"]  # re-exported: callers catch engine.data.DataError
 
 
 def expand_urls(spec: str) -> list[str]:
-    """`file:dir/train-{000000..000003}.tar`, a plain path, or a directory -> absolute tar paths."""
+    """`file:dir/train-{000000..000003}.tar`, a plain path or a directory -> absolute tar paths;
+    `http(s)://...` and `pipe:...` URLs are brace-expanded as they are."""
     spec = spec.strip()
     spec = spec.removeprefix("file:")
+    if is_remote(spec):
+        return list(braceexpand.braceexpand(spec))
     if "://" in spec:
-        raise DataError(f"data URL {spec!r} is remote; adt reads local shards only. "
-                        "Fix: copy the shards to this machine and pass their path.")
+        raise DataError(f"data URL {spec!r} has a scheme adt cannot read. Fix: pass a local path, "
+                        "an http(s):// URL, or pipe:COMMAND that writes the shard to stdout.")
     paths: list[str] = []
     for part in braceexpand.braceexpand(spec):
         path = Path(part).expanduser()
@@ -56,12 +77,18 @@ class Split:
 
     urls: list[str]
     manifest: dict[str, Any]
-    manifest_path: str
+    manifest_path: str  # a path, or for remote shards the URL (or pipe: command) it was read from
+    remote: dict[str, ShardStat] = field(default_factory=dict)  # http(s) shards: what the server said
 
     @property
     def num_samples(self) -> int:
-        names = {Path(u).name for u in self.urls}
+        names = {shard_name(u) for u in self.urls}
         return sum(s["count"] for s in self.manifest["shards"] if s["name"] in names)
+
+    @property
+    def folder(self) -> str:
+        """Where the shards are, for people."""
+        return folder_of(self.manifest_path)
 
 
 @dataclass
@@ -78,11 +105,19 @@ class DataSpec:
         return tuple(self.train.manifest["image_size"])  # type: ignore[return-value]
 
     def fingerprint(self) -> str:
-        """Manifest hashes plus shard names and sizes: identical data gives an identical print."""
+        """Manifest hashes plus shard names and sizes: identical data gives an identical print.
+
+        Remote shards are not hashed (that would mean downloading them): they count by URL, the
+        size the server reports and its ETag where it gives one."""
         parts = []
         for split in (self.train, self.val):
             parts.append(split.manifest.get("content_hash", ""))
-            parts.extend(f"{Path(u).name}:{os.path.getsize(u)}" for u in split.urls)
+            for url in split.urls:
+                if is_remote(url):
+                    stat = split.remote.get(url, ShardStat(None))
+                    parts.append(f"{url}:{stat.size}:{stat.etag}")
+                else:
+                    parts.append(f"{Path(url).name}:{os.path.getsize(url)}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
@@ -95,31 +130,80 @@ def load_split(spec: str, name: str) -> Split:
     if not urls:
         raise DataError(f"{name} data {spec!r} matches no .tar file. "
                         f"Fix: pass an existing shard directory or URL, or run `adt data synth`.")
-    for url in urls:
-        if not os.path.isfile(url):
-            raise DataError(f"{name} shard {url} does not exist (from {spec!r}). "
-                            "Fix: check the path and the brace range.")
-        if os.path.getsize(url) == 0:
-            raise DataError(f"{name} shard {url} is empty. Fix: re-create the shard set.")
-    manifest_path = Path(urls[0]).parent / MANIFEST
-    if not manifest_path.is_file():
-        raise DataError(f"{name} shards in {manifest_path.parent} have no {MANIFEST}. "
-                        "Fix: write shards with `adt data synth` or `adt data prepare`.")
+    if any(is_remote(u) != is_remote(urls[0]) for u in urls):
+        raise DataError(f"{name} data {spec!r} mixes local and remote shards. Fix: one kind per split.")
+    remote: dict[str, ShardStat] = {}
+    if is_remote(urls[0]):
+        remote = _check_remote(urls, name, spec)
+    else:
+        for url in urls:
+            if not os.path.isfile(url):
+                raise DataError(f"{name} shard {url} does not exist (from {spec!r}). "
+                                "Fix: check the path and the brace range.")
+            if os.path.getsize(url) == 0:
+                raise DataError(f"{name} shard {url} is empty. Fix: re-create the shard set.")
     try:
-        manifest = json.loads(manifest_path.read_text())
-        listed = {s["name"]: s for s in manifest["shards"]}
-        manifest["classes"], manifest["image_size"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"{manifest_path} is not a valid manifest ({exc!r}). "
-                        "Fix: re-create the shard set.") from exc
+        manifest_path = manifest_location(urls[0])
+    except DataError as exc:
+        raise DataError(f"{name} {exc}") from None
+    manifest = _read_manifest(manifest_path, name)
+    listed = {s["name"] for s in manifest["shards"]}
     for url in urls:
-        if Path(url).parent != manifest_path.parent:
-            raise DataError(f"{name} shard {url} is not in {manifest_path.parent}, the directory of "
-                            "the first shard. Fix: keep one split's shards in one directory.")
-        if Path(url).name not in listed:
+        if manifest_location(url) != manifest_path:
+            raise DataError(f"{name} shard {url} is not in {folder_of(manifest_path)}, the folder of "
+                            "the first shard. Fix: keep one split's shards in one folder.")
+        if shard_name(url) not in listed:
             raise DataError(f"{name} shard {url} is not listed in {manifest_path}. "
                             "Fix: re-create the shard set or correct the URL.")
-    return Split(urls, manifest, str(manifest_path))
+    return Split(urls, manifest, manifest_path, remote)
+
+
+def _read_manifest(location: str, name: str) -> dict[str, Any]:
+    if not is_remote(location) and not os.path.isfile(location):
+        raise DataError(f"{name} shards in {folder_of(location)} have no {MANIFEST}. "
+                        "Fix: write shards with `adt data synth` or `adt data prepare`.")
+    try:
+        text = read_small(location)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{name} shards have no readable {MANIFEST} at {location} ({why(exc)}). Fix: "
+                        f"serve the {MANIFEST} that `adt data synth` or `adt data prepare` wrote beside "
+                        "the shards.") from None
+    try:
+        manifest = json.loads(text)
+        [s["name"] for s in manifest["shards"]]  # what every reader looks up: missing is invalid
+        manifest["classes"], manifest["image_size"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{location} is not a valid manifest ({exc!r}). "
+                        "Fix: re-create the shard set.") from exc
+    return manifest
+
+
+def _check_remote(urls: list[str], name: str, spec: str) -> dict[str, ShardStat]:
+    """Every http(s) shard answers with its size (a few HEADs at a time); pipe: programs exist."""
+    if is_pipe(urls[0]):
+        program = missing_program(urls[0])
+        if program:
+            raise DataError(f"{name} shards are read by `{program}` ({urls[0]!r}), which is not "
+                            f"installed here (not on PATH). Fix: install {program} or use another command.")
+        return {}
+
+    def stat(url: str) -> ShardStat | BaseException:
+        try:
+            return stat_http(url)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            return exc
+
+    stats: dict[str, ShardStat] = {}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for url, result in zip(urls, pool.map(stat, urls), strict=True):
+            if isinstance(result, BaseException):
+                raise DataError(f"{name} shard {url} cannot be reached: {why(result)} (from {spec!r}). "
+                                "Fix: check the URL and its brace range, and that the server is up "
+                                f"and serves the shard (curl -I '{url}').")
+            if result.size == 0:
+                raise DataError(f"{name} shard {url} is empty. Fix: re-create the shard set.")
+            stats[url] = result
+    return stats
 
 
 def resolve_data(data: str, train_url: str = "", val_url: str = "") -> DataSpec:
@@ -157,6 +241,28 @@ def worker_shards(urls: list[str], worker: int, workers: int, loader_workers: in
     for local in range(per_worker):
         mine.update(reader_plan(urls, worker * per_worker + local, workers * per_worker)[0])
     return [u for u in urls if u in mine]
+
+
+def shard_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
+    """The samples of each shard in turn: dicts of `__key__`, `__url__` and one entry per extension.
+
+    A shard that cannot be read (after remote retries) raises DataError naming it: never skipped.
+    """
+    for url in urls:
+        yield from group_by_keys(_shard_files(url))
+
+
+def _shard_files(url: str) -> Iterator[dict[str, Any]]:
+    with open_shard(url) as stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                for member in tar:
+                    if member.isreg():
+                        data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                        yield {"fname": member.name, "data": data, "__url__": url}
+        except tarfile.TarError as exc:
+            raise DataError(f"shard {url} is not a readable tar file ({type(exc).__name__}: {exc}). "
+                            "Fix: re-create the shard set.") from None
 
 
 def decode_sample(sample: dict[str, Any], size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, int]:
@@ -209,7 +315,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self.train:
             shards = rng.sample(shards, len(shards))
         index = 0
-        for sample in wds.tarfile_to_samples()(iter([{"url": url} for url in shards])):
+        for sample in shard_samples(shards):
             index += 1
             if (index - 1) % stride == offset:
                 image, label = decode_sample(sample, self.size, self.num_classes)

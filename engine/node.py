@@ -142,24 +142,36 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
         transport.serve(server)
         transport.init(0, world_size, host, port)
     deadline = None
-    while not server.all_left.wait(config.log_interval):
+    try:
+        while not server.all_left.wait(config.log_interval):
+            server.call(lambda: server.report(config.log_interval))
+            if stop.is_set() and deadline is None:
+                server.stop_requested.set()
+                deadline = time.monotonic() + config.grace_period * 0.6
+                _log(role, "stop requested: waiting for workers to leave")
+            if deadline is not None and time.monotonic() > deadline:
+                _log(role, "workers did not leave in time; finishing without them")
+                break
         server.call(lambda: server.report(config.log_interval))
-        if stop.is_set() and deadline is None:
-            server.stop_requested.set()
-            deadline = time.monotonic() + config.grace_period * 0.6
-            _log(role, "stop requested: waiting for workers to leave")
-        if deadline is not None and time.monotonic() > deadline:
-            _log(role, "workers did not leave in time; finishing without them")
-            break
-    server.call(lambda: server.report(config.log_interval))
+    except DataError as exc:  # the PS's own reads (validation, BatchNorm) failed: the run cannot go on
+        failure.append(exc)
     outcome, message = _outcome(server, config, stop, failure)
-    server.call(lambda: server.finish(validate=outcome == "finished"))
+    try:
+        server.call(lambda: server.finish(validate=outcome == "finished"))
+    except DataError as exc:  # e.g. a shard server gone: the last validation or BatchNorm pass
+        _log(role, f"no final validation or checkpoint: {_reason(exc)}")
+        outcome = "failed"
+        message = f"{message}; no final validation or checkpoint: {_reason(exc)}"
     events.emit("run_end", outcome=outcome, version=server.version, epoch=server.epoch,
                 best_val_acc=server.best_val_acc, message=message)
     _log(role, f"run_end: {outcome} ({message}), version {server.version}")
     events.close()
     server.close()
     if not single:
+        if failure:  # workers may wait at an epoch's end the failure never closed: they see the PS go
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_FAILED)
         transport.shutdown()
     return EXIT_OK if outcome in ("finished", "stopped") else EXIT_FAILED
 
@@ -169,7 +181,7 @@ def _outcome(server: Any, config: RunConfig, stop: threading.Event,
     """How the run ended, and one sentence saying why."""
     if failure:
         traceback.print_exception(failure[0])
-        return "failed", f"training failed: {failure[0]!r}"
+        return "failed", f"training failed: {_reason(failure[0])}"
     if server.outcome == "finished":
         done = server.epoch >= config.epochs
         return "finished", "all epochs done" if done else f"{server.version} updates done"
@@ -178,6 +190,14 @@ def _outcome(server: Any, config: RunConfig, stop: threading.Event,
     if stop.is_set() or server.stop_requested.is_set():
         return "stopped", "stopped on request"
     return "failed", "every worker was lost before the run finished"
+
+
+def _reason(exc: BaseException) -> str:
+    """An error for people: a loader process's error without the traceback torch wraps it in."""
+    text = str(exc).strip()
+    if "\nOriginal Traceback" in text:  # "Caught X in DataLoader worker process 0. ...": last line
+        return text.splitlines()[-1]
+    return repr(exc)
 
 
 def run_worker_process(rank: int, world_size: int, host: str, port: int, stop: threading.Event) -> int:
@@ -201,6 +221,9 @@ def run_worker_process(rank: int, world_size: int, host: str, port: int, stop: t
             transport.shutdown()
             return EXIT_BAD_INPUT
         reason = run_worker(client, config, train, worker, job["num_workers"], rank, stop)
+        code = EXIT_OK
+    except DataError as exc:  # a shard it cannot read (e.g. its server gone): leave, never hang in RPC
+        reason, code = f"failed: {_reason(exc)}", EXIT_FAILED
     except RuntimeError as exc:
         _log(f"worker{worker}", f"lost the parameter server at {host}:{port} ({exc}). Exiting.")
         os._exit(EXIT_FAILED)  # the RPC agent cannot shut down cleanly without its peer
@@ -209,9 +232,9 @@ def run_worker_process(rank: int, world_size: int, host: str, port: int, stop: t
         client.leave(reason)
     except RuntimeError:
         # The PS may close the moment the last worker has left, before its reply arrives.
-        os._exit(EXIT_OK)
+        os._exit(code)
     transport.shutdown()
-    return EXIT_OK
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,24 +7,28 @@ shard decode to images of the manifest's size with labels in range, that the mod
 matches, and how the shards are shared among the worker x loader readers. It reads only the first
 samples of each shard, so it stays well under a second on the built-in data. Then it builds the
 model and runs one batch of the data's size through it (engine/models.py: check_model).
+
+Remote shards (engine/remote.py): every http(s) shard was asked for its size (HEAD) when its
+split was loaded; here that size meets the manifest's, and only each split's first shard is
+decoded. A pipe: shard is checked by its manifest alone.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
-
 from .config import RunConfig
-from .data import DataSpec, Split, decode_sample, reader_plan, resolve_data
+from .data import DataSpec, Split, decode_sample, reader_plan, resolve_data, shard_samples
 from .errors import DataError
 from .listen import run_listeners
 from .models import check_model
+from .remote import is_pipe, is_remote, shard_name
 
 SAMPLES_PER_SHARD = 2  # enough to catch a wrong format, size or class map; cheap on any data set
 
@@ -44,7 +48,7 @@ class PreflightReport:
         """JSON-ready summary (for events.jsonl and run records)."""
         splits = {}
         for name, split in (("train", self.spec.train), ("val", self.spec.val)):
-            splits[name] = {"dir": str(Path(split.manifest_path).parent), "manifest": split.manifest_path,
+            splits[name] = {"dir": split.folder, "manifest": split.manifest_path,
                             "shards": len(split.urls), "samples": split.num_samples,
                             "content_hash": split.manifest.get("content_hash", "")}
         return {"train": splits["train"], "val": splits["val"], "num_classes": len(self.spec.classes),
@@ -71,30 +75,41 @@ def readers_of(config: RunConfig) -> int:
 
 def _check_listed(split: Split, name: str, spec: str) -> list[str]:
     """Every manifest shard must be present when a directory was given; a narrower URL is a warning."""
-    present = {Path(u).name for u in split.urls}
+    present = {shard_name(u) for u in split.urls}
     missing = [s["name"] for s in split.manifest["shards"] if s["name"] not in present]
     if not missing:
         return []
-    folder = Path(split.manifest_path).parent
-    if Path(spec.removeprefix("file:")).expanduser().is_dir():
-        raise DataError(f"{name} shard {folder / missing[0]} is listed in {split.manifest_path} but "
+    if not is_remote(spec) and Path(spec.removeprefix("file:")).expanduser().is_dir():
+        raise DataError(f"{name} shard {Path(split.folder) / missing[0]} is listed in {split.manifest_path} but "
                         f"missing ({len(missing)} of {len(split.manifest['shards'])} missing). "
                         "Fix: restore the shard or re-create the shard set.")
     return [(f"{name} reads {len(present)} of the {len(split.manifest['shards'])} shards in "
             f"{split.manifest_path} ({spec}); the others are left out on purpose?")]
 
 
-def _check_shard(url: str, name: str, entry: dict[str, Any], size: tuple[int, int],
-                 num_classes: int) -> None:
-    """Readable, the manifest's byte count, and the first samples decode with in-range labels."""
-    if not os.access(url, os.R_OK):
-        raise DataError(f"{name} shard {url} is not readable. Fix: check its permissions.")
-    actual = os.path.getsize(url)
-    if "bytes" in entry and actual != entry["bytes"]:
+def _check_shard(split: Split, url: str, name: str, entry: dict[str, Any], size: tuple[int, int],
+                 num_classes: int, decode: bool = True) -> None:
+    """Readable, the manifest's byte count, and the first samples decode with in-range labels.
+
+    A pipe: shard is left to its manifest: finding its size would mean running its command."""
+    if is_pipe(url):
+        return
+    if is_remote(url):
+        actual = split.remote[url].size
+    else:
+        if not os.access(url, os.R_OK):
+            raise DataError(f"{name} shard {url} is not readable. Fix: check its permissions.")
+        actual = os.path.getsize(url)
+    if actual is not None and "bytes" in entry and actual != entry["bytes"]:
         raise DataError(f"{name} shard {url} is {actual} bytes, but its manifest says {entry['bytes']}; "
                         "it was truncated or changed. Fix: re-create the shard set.")
+    if not decode:
+        return
     try:
-        samples = list(islice(wds.tarfile_to_samples()(iter([{"url": url}])), SAMPLES_PER_SHARD))
+        with closing(shard_samples([url])) as stream:
+            samples = list(islice(stream, SAMPLES_PER_SHARD))
+    except DataError as exc:
+        raise DataError(f"{name} {exc}") from None
     except Exception as exc:
         reason = exc.args[0] if exc.args else exc  # webdataset appends the stream and URL to args
         raise DataError(f"{name} shard {url} is not a readable tar file ({type(exc).__name__}: {reason}). "
@@ -115,8 +130,8 @@ def _reader_warnings(split: Split, readers: int, config: RunConfig) -> list[str]
         return [(f"train has {shards} shards for {who}: up to {k} readers share a shard, each reading "
                 f"all of it but decoding only 1 sample in {k}, so disk reads grow {k}x. Fix: write at "
                 f"least {readers} shards (adt data prepare --shards {readers}) or use fewer loader workers.")]
-    counts = {Path(s["name"]).name: s["count"] for s in split.manifest["shards"]}
-    per_reader = [sum(counts[Path(u).name] for u in reader_plan(split.urls, r, readers)[0])
+    counts = {s["name"]: s["count"] for s in split.manifest["shards"]}
+    per_reader = [sum(counts[shard_name(u)] for u in reader_plan(split.urls, r, readers)[0])
                   for r in range(readers)]
     if min(per_reader) * 1.25 < max(per_reader):
         return [(f"train's {shards} shards split unevenly over {who}: {min(per_reader)} to "
@@ -139,8 +154,10 @@ def preflight(config: RunConfig) -> PreflightReport:
         url_spec = getattr(config, f"{name}_url") or str(Path(config.data) / name)
         report.warnings += _check_listed(split, name, url_spec)
         entries = {s["name"]: s for s in split.manifest["shards"]}
-        for url in split.urls:
-            _check_shard(url, name, entries[Path(url).name], spec.image_size, len(classes))
+        for i, url in enumerate(split.urls):
+            # Remote shards: decoding means downloading, so only the first one's samples are read.
+            _check_shard(split, url, name, entries[shard_name(url)], spec.image_size, len(classes),
+                         decode=i == 0 or not is_remote(url))
         if split.manifest.get("split", name) != name:
             report.warnings.append(f"{name} data {split.manifest_path} was written as the "
                                    f"{split.manifest['split']!r} split.")
