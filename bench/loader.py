@@ -13,9 +13,10 @@ import time
 from engine.data import ShardStream, make_loader, resolve_data
 
 
-def rate(data: str, processes: int, batch: int, seconds: float) -> float:
+def rate(data: str, processes: int, batch: int, seconds: float, augment: str) -> float:
     spec = resolve_data(data)
-    stream = ShardStream(spec.train, worker=0, workers=1, loader_workers=processes, batch_size=batch, train=True)
+    stream = ShardStream(spec.train, worker=0, workers=1, loader_workers=processes, batch_size=batch, train=True,
+                         augment=augment)
     count, start = 0, None
     for images, _ in make_loader(stream, processes):
         if start is None:  # the first batch pays for process start-up
@@ -33,10 +34,11 @@ def main() -> None:
     p.add_argument("--processes", default="1,2,4")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--augment", default="flip-crop", help="as in training (flip-crop), or none")
     args = p.parse_args()
     print(f"{'processes':>9} {'images/s':>10} {'per process':>12}")
     for n in (int(x) for x in args.processes.split(",")):
-        r = rate(args.data, n, args.batch, args.seconds)
+        r = rate(args.data, n, args.batch, args.seconds, args.augment)
         print(f"{n:>9} {r:>10.0f} {r / n:>12.0f}", flush=True)
 
 

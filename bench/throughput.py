@@ -1,10 +1,15 @@
-"""Throughput, side by side in one invocation: the single-process baseline and async PS with N
-workers, adt's transport against the plain one (fp32, one tensor per parameter, pull + push).
+"""Throughput, side by side in one invocation: a raw training loop (the ceiling), the
+single-process baseline and async PS with N workers, adt's transport against the plain one (fp32,
+one tensor per parameter, pull + push).
 
-    python -m bench.throughput --model resnet18 --image-size 64 --batch 256 --workers 0,1,2,4
+    python -m bench.throughput --model resnet18 --image-size 64 --batch 256 --workers 0,1,2,4 \
+        --variants eager,compile --repeats 3
 
-Every configuration is a real `adt run --no-ui` job (real processes, RPC, WebDataset shards);
-numbers come from its events.jsonl. Prints a table and writes JSON next to it.
+Every adt configuration is a real `adt run --no-ui` job (real processes, RPC, WebDataset shards);
+numbers come from its events.jsonl. The raw loop is the same model, batch, dtype and memory format
+on synthetic tensors already on the device: no loader, no PS, no metrics. Each row is the median
+of `--repeats` runs with their min-max spread, and a ratio to the raw loop of its variant.
+Prints a table and writes JSON next to it.
 """
 
 from __future__ import annotations
@@ -75,6 +80,41 @@ def summarize(events: list[dict[str, Any]], num_params: int, transfer_bytes: int
     }
 
 
+def raw_loop(model_name: str, classes: int, size: int, batch: int, device: str, compiled: bool,
+             steps: int) -> float:
+    """images/s of a plain loop: forward, backward, SGD step; the same autocast, memory format
+    and input normalisation as adt's worker."""
+    import torch
+    from torch import nn
+
+    from engine.models import build_model, normalize
+
+    dev = torch.device(device)
+    model = build_model(model_name, classes).to(dev, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    forward = torch.compile(model) if compiled else model
+    loss_fn = nn.CrossEntropyLoss()
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=dev)
+    labels = torch.randint(0, classes, (batch,), device=dev)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=False)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = loss_fn(forward(normalize(images).contiguous(memory_format=torch.channels_last)).float(), labels)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(max(10, steps // 5)):  # compilation, cudnn autotuning
+        step()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return batch * steps / (time.perf_counter() - start)
+
+
 def run_one(base: dict[str, Any], workers: int, transport: str, updates: int, loader_total: int,
             logdir: Path) -> dict[str, Any]:
     """One real job; each configuration gets the same number of decoding processes in total."""
@@ -97,9 +137,23 @@ def run_one(base: dict[str, Any], workers: int, transport: str, updates: int, lo
     return row
 
 
+def repeated(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run by images/s, with the spread of all of them."""
+    ordered = sorted(runs, key=lambda r: r["images_per_s"])
+    row = dict(ordered[len(ordered) // 2])
+    row["spread"] = [ordered[0]["images_per_s"], ordered[-1]["images_per_s"]]
+    row["exit_code"] = max(r["exit_code"] for r in runs)
+    return row
+
+
 def print_table(rows: list[dict[str, Any]]) -> str:
-    base = next((r["images_per_s"] for r in rows if r["workers"] == 0), None)
-    head = (f"{'workers':>7} {'transport':>9} {'img/s':>9} {'x base':>7} {'data':>11} {'compute':>11} "
+    """One line per row: images/s (median and spread), x raw loop and x single process of the same
+    variant, and adt's step-time breakdown."""
+    def ref(variant: str, workers: Any) -> float | None:
+        return next((r["images_per_s"] for r in rows if r["variant"] == variant and r["workers"] == workers), None)
+
+    head = (f"{'variant':>7} {'workers':>7} {'transport':>9} {'img/s':>9} {'spread':>13} {'x raw':>6} {'x base':>7} "
+            f"{'data':>11} {'compute':>11} "
             f"{'push+pull':>11} {'pull':>11} {'comm %':>7} {'apply':>7} {'MB/step':>8} {'val acc':>7}")
     lines = [head, "-" * len(head)]
 
@@ -107,11 +161,18 @@ def print_table(rows: list[dict[str, Any]]) -> str:
         return "-" if t["p50"] is None else f"{t['p50']:.1f}/{t['p95']:.1f}"
 
     for r in rows:
+        raw, base = ref(r["variant"], "raw"), ref(r["variant"], 0)
+        spread = "{:.0f}-{:.0f}".format(*r["spread"]) if r.get("spread") else "-"
+        if r["workers"] == "raw":
+            lines.append(f"{r['variant']:>7} {'raw':>7} {'-':>9} {r['images_per_s']:>9.0f} {spread:>13} {1:>6.2f}")
+            continue
         t = r["timing_ms"]
+        x_raw = f"{r['images_per_s'] / raw:.2f}" if raw else "-"
         ratio = f"{r['images_per_s'] / base:.2f}" if base else "-"
         share = f"{100 * r['comm_share']:.1f}" if r["comm_share"] is not None and r["workers"] else "-"
         acc = f"{r['val_acc']:.3f}" if r["val_acc"] is not None else "-"
-        lines.append(f"{r['workers']:>7} {r['transport']:>9} {r['images_per_s']:>9.0f} {ratio:>7} "
+        lines.append(f"{r['variant']:>7} {r['workers']:>7} {r['transport']:>9} {r['images_per_s']:>9.0f} "
+                     f"{spread:>13} {x_raw:>6} {ratio:>7} "
                      f"{cell(t['data']):>11} {cell(t['compute']):>11} {cell(t['push_pull']):>11} "
                      f"{cell(t['pull']):>11} {share:>7} {r['apply_ms'] or 0:>7.2f} "
                      f"{(r['mb_per_step'] if r['workers'] else 0):>8} {acc:>7}")
@@ -152,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plain-updates", type=int, default=100, help="the plain transport is slow: fewer")
     p.add_argument("--train-samples", type=int, default=6000)
     p.add_argument("--val-samples", type=int, default=1000)
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--variants", default="eager", help="comma list of eager, compile (torch.compile)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per row; the table shows the median and spread")
+    p.add_argument("--raw-steps", type=int, default=200, help="timed steps of the raw loop (0: no raw rows)")
     p.add_argument("--overlap", action="store_true", help="push step k while step k+1 computes")
     p.add_argument("--workdir", default="bench-out")
     p.add_argument("--out", default="", help="JSON results file (default WORKDIR/throughput.json)")
@@ -166,15 +229,27 @@ def main(argv: list[str] | None = None) -> int:
                        args.val_samples, shards)
     base = dict(data=str(data), model=args.model, batch_size=args.batch, device=args.device,
                 ps_device=args.ps_device, transfer_dtype=args.transfer_dtype,
-                compile=args.compile, overlap=args.overlap, lr=0.05, epochs=1000,
+                overlap=args.overlap, lr=0.05, epochs=1000,
                 runs_dir=str(work / "runs"), checkpoints_dir=str(work / "checkpoints"), log_interval=1.0)
     rows = []
-    for n in counts:
-        for transport in (["flat"] if n == 0 else args.transports.split(",")):
-            updates = args.plain_updates if transport == "plain" else args.updates
-            print(f"== workers={n} transport={transport} updates={updates}", flush=True)
-            rows.append(run_one(base, n, transport, updates, args.loader_total, work / "logs"))
+    for variant in args.variants.split(","):
+        compiled = variant == "compile"
+        if args.raw_steps:
+            print(f"== {variant} raw loop", flush=True)
+            rates = sorted(raw_loop(args.model, args.classes, args.image_size, args.batch, args.device,
+                                    compiled, args.raw_steps) for _ in range(args.repeats))
+            rows.append({"variant": variant, "workers": "raw", "images_per_s": round(rates[len(rates) // 2], 1),
+                         "spread": [round(rates[0], 1), round(rates[-1], 1)], "exit_code": 0})
             print(print_table(rows[-1:]).splitlines()[2], flush=True)
+        for n in counts:
+            for transport in (["flat"] if n == 0 else args.transports.split(",")):
+                updates = args.plain_updates if transport == "plain" else args.updates
+                print(f"== {variant} workers={n} transport={transport} updates={updates}", flush=True)
+                runs = [run_one({**base, "compile": compiled}, n, transport, updates, args.loader_total,
+                                work / "logs") for _ in range(args.repeats)]
+                rows.append({**repeated(runs), "variant": variant})
+                print(print_table([r for r in rows if r["workers"] in ("raw", 0)] + rows[-1:]).splitlines()[-2],
+                      flush=True)
     table = print_table(rows)
     info = machine()
     print(f"\n{info}\nargs: {vars(args)}\n{table}")

@@ -167,7 +167,7 @@ class ParameterServer:
     def register(self, worker: int, info: dict[str, Any]) -> torch.futures.Future:
         return self._submit(lambda: self._register(worker, info))
 
-    def push(self, worker: int, base_version: int, grads: torch.Tensor, buffers: torch.Tensor,
+    def push(self, worker: int, base_version: int, grads: torch.Tensor, buffers: torch.Tensor | None,
              samples: int, metrics: dict[str, Any] | None, reply_params: bool = True) -> torch.futures.Future:
         if isinstance(grads, torch.Tensor) and grads.is_cuda and grads is not self.flat.grads:
             # RPC delivered the tensor on this thread's current stream; the apply thread uses
@@ -265,7 +265,8 @@ class ParameterServer:
                 self.outcome = "finished"  # a fixed budget of updates (benchmarks, smoke tests)
             self._interval_updates += 1
             self.samples_seen += samples
-        state.buffers = buffers
+        if buffers is not None:
+            state.buffers = buffers
         self._interval["staleness"].append(staleness)
         self._interval["apply_ms"].append(1000 * (time.perf_counter() - start))
         if metrics is not None:

@@ -20,24 +20,31 @@ from .config import RunConfig
 from .data import ShardStream, Split, make_loader, worker_shards
 from .fingerprint import startup_fingerprint
 from .models import build_for, normalize
+from .profile import StepProfiler
 from .rules import make_optimizer
 from .server import FlatModel, resolve_device
 
 
 class Meter:
-    """Running loss/accuracy/throughput and step timings between two metric reports."""
+    """Running loss/accuracy/throughput and step timings between two metric reports.
+
+    Loss and correct counts stay on the device until `report`: reading them every step would
+    make the host wait for the GPU and leave it idle while the next step is launched.
+    """
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.loss = self.correct = self.count = 0.0
+        self.loss: torch.Tensor | float = 0.0
+        self.correct: torch.Tensor | float = 0.0
+        self.count = 0
         self.timing: dict[str, list[float]] = {}
         self.since = time.monotonic()
 
-    def add(self, loss: float, correct: int, n: int, **seconds: float) -> None:
-        self.loss += loss * n
-        self.correct += correct
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int, **seconds: float) -> None:
+        self.loss = self.loss + loss * n
+        self.correct = self.correct + correct
         self.count += n
         for key, value in seconds.items():
             self.timing.setdefault(key, []).append(1000 * value)
@@ -46,7 +53,7 @@ class Meter:
         elapsed = max(time.monotonic() - self.since, 1e-9)
         metrics = {
             "epoch": epoch, "step": step, "samples": samples,
-            "loss": self.loss / max(self.count, 1), "acc": self.correct / max(self.count, 1),
+            "loss": float(self.loss) / max(self.count, 1), "acc": float(self.correct) / max(self.count, 1),
             "images_per_s": round(self.count / elapsed, 1),
             "timing": {k: round(statistics.median(v), 3) for k, v in self.timing.items() if v},
             "timing_p95": {k: round(_p95(v), 3) for k, v in self.timing.items() if v},
@@ -70,15 +77,16 @@ def worker_info(worker: int, rank: int, device: torch.device, shards: list[str],
 
 
 def compute_gradient(forward: Any, flat: FlatModel, loss_fn: nn.Module, images: torch.Tensor,
-                     labels: torch.Tensor) -> tuple[float, int]:
-    """Forward and backward on one batch; the gradient lands in flat.grads. Returns (loss, correct)."""
+                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward on one batch; the gradient lands in flat.grads. Returns (loss, correct)
+    as tensors on the device, so the host never waits for the GPU here."""
     flat.zero_grad()
     device = images.device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = forward(normalize(images).contiguous(memory_format=torch.channels_last))
         loss = loss_fn(logits.float(), labels)
     loss.backward()
-    return loss.item(), int((logits.argmax(1) == labels).sum().item())
+    return loss.detach(), (logits.argmax(1) == labels).sum()
 
 
 def run_worker(client: Any, config: RunConfig, train: Split, worker: int, workers: int, rank: int,
@@ -98,6 +106,7 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
     link = (LocalSteps if local else Exchange)(client, flat, config, reply["version"], reply["lr"])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     meter = Meter()
+    profiler = StepProfiler("single" if client.shares_model else f"worker{worker}")
     next_report = time.monotonic() + config.log_interval
     flat.model.train()
     if reply["stop"]:
@@ -115,7 +124,7 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
                 return "signal"
             images, labels = (t.to(device, non_blocking=True) for t in batch)
             t1 = time.perf_counter()
-            loss_value, correct_value = compute_gradient(forward, flat, loss_fn, images, labels)
+            loss, correct = compute_gradient(forward, flat, loss_fn, images, labels)
             t2 = time.perf_counter()
             step += 1
             samples += labels.numel()
@@ -124,8 +133,9 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
                 metrics = meter.report(epoch, step, samples)
                 next_report = time.monotonic() + config.log_interval
             stop_now, push_s, pull_s = link.step(labels.numel(), metrics)
-            meter.add(loss_value, correct_value, labels.numel(), data=t1 - t0, compute=t2 - t1,
+            meter.add(loss, correct, labels.numel(), data=t1 - t0, compute=t2 - t1,
                       push_pull=push_s, **({"pull": pull_s} if pull_s else {}))
+            profiler.step()
             if stop_now:
                 link.drain()
                 return "stopped by the parameter server"
@@ -135,6 +145,12 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
             return "finished" if epoch + 1 >= config.epochs else "stopped by the parameter server"
         epoch += 1
     return "finished"
+
+
+def running_stats(flat: FlatModel, metrics: dict[str, Any] | None) -> torch.Tensor | None:
+    """The BatchNorm running statistics, sent only with a metrics report: the copy to the host
+    waits for the GPU, and the PS needs them rarely (only with `bn_recompute 0`)."""
+    return flat.buffers.detach().cpu() if metrics is not None else None
 
 
 class Exchange:
@@ -158,7 +174,7 @@ class Exchange:
         """Push this step's gradient; returns (PS says stop, seconds blocked pushing, pulling)."""
         start = time.perf_counter()
         flat, client = self.flat, self.client
-        buffers = flat.buffers if client.shares_model else flat.buffers.detach().cpu()
+        buffers = flat.buffers if client.shares_model else running_stats(flat, metrics)
         if client.shares_model:
             reply = client.push(self.version, flat.grads, buffers, samples, metrics)
             self.version = reply.version
@@ -244,7 +260,7 @@ class LocalSteps(Exchange):
         flat = self.flat
         delta = (self.anchor - flat.params).to(flat.params.device if self.on_gpu else "cpu", self.dtype)
         self.pushed = flat.params.clone()
-        self.pending = self.client.push_async(self.version, delta, flat.buffers.detach().cpu(),
+        self.pending = self.client.push_async(self.version, delta, running_stats(flat, self.metrics),
                                               self.samples, self.metrics)
         self.samples, self.metrics = 0, None
 
