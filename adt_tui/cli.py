@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from engine.config import DEFAULT_DATA, ConfigError, RunConfig, build_config
 from engine.errors import CheckpointError, DataError
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
 
 
 class _ShowDefaults(argparse.HelpFormatter):
@@ -95,6 +96,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-timeout", type=float)
     p.add_argument("--host", help="RPC address (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, help="RPC port (default: a free one)")
+    p.add_argument("--join-timeout", type=float, help="seconds the PS waits for every worker to join "
+                   "(and a worker for the PS) before the run fails naming who never came")
     p.add_argument("--grace-period", type=float, help="seconds to wait before killing on stop")
     p.add_argument("--log-interval", type=float)
     p.add_argument("--seed", type=int)
@@ -288,6 +291,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `adt` command. Ctrl+C at any moment, while torch loads too, ends it with one line and
+    code 130: heavy modules load only inside the commands, under this handler."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C now would be a traceback
+        print("adt: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]  # plain `adt` opens the monitor on the built-in data

@@ -75,7 +75,8 @@ class Printer:
         elif kind == "run_end":
             self.outcome = e["outcome"]
             best = e.get("best_val_acc")
-            self.line(f"run {e['outcome']}: {e['message']}; version {e['version']}"
+            self.line(f"run {e['outcome']}: {e['message']}"
+                      + (f"; version {e['version']}" if e["version"] is not None else "")
                       + (f", best val acc {best:.2%}" if isinstance(best, float) else ""))
             summary = curve_summary(self.curves)
             if summary:
@@ -180,10 +181,7 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
     # A resumed run appends to its old events: print (and judge the outcome by) this start's only.
     offset = events_path.stat().st_size if events_path.exists() else 0
     stale = StaleCodeWarner(job_sources(config), config.config_file)
-    run_dir = supervisor.start()
-    stale.start()
     printer = Printer(out)
-    printer.line(f"run dir: {run_dir}   (logs in {run_dir / 'logs'})")
     tail = EventTail(events_path, offset)
     interrupted = False
 
@@ -192,6 +190,9 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
+        run_dir = start_holding_signals(supervisor)
+        stale.start()
+        printer.line(f"run dir: {run_dir}   (logs in {run_dir / 'logs'})")
         main = supervisor.main_child()
         while True:
             for e in tail.poll():
@@ -223,17 +224,34 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
     return finish(supervisor, printer, interrupted)
 
 
+def start_holding_signals(supervisor: Supervisor) -> Path:
+    """Start the job's processes with Ctrl+C and SIGTERM held until every one is recorded (one
+    arriving mid-start would leave a child started but unknown, which no stop would reach)."""
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return supervisor.start()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            raise KeyboardInterrupt  # now the stop reaches every process
+
+
 def finish(supervisor: Supervisor, printer: Printer, interrupted: bool) -> int:
     """Record process exits (the PS is gone, so we are the writer now) and pick the exit code."""
     supervisor.record_exits(run_ended=printer.outcome is not None)
     main = supervisor.main_child()
-    if printer.outcome is None:
+    if printer.outcome is None and interrupted and (main is None or main.exit_code in (0, -signal.SIGTERM)):
+        printer.line("run stopped while starting: nothing to save")  # before the PS could say so
+    elif printer.outcome is None:
         printer.line(f"run failed: {main.name} exited with code {main.exit_code} before the run "
                      f"ended; see {main.log_path}")
         tail = _log_tail(main.log_path)
         if tail:
             printer.line(tail)
-    if main.exit_code == EXIT_BAD_INPUT:
+    if main is not None and main.exit_code == EXIT_BAD_INPUT:
         return EXIT_BAD_INPUT
     if interrupted:
         return EXIT_INTERRUPTED

@@ -81,6 +81,7 @@ class RunConfig:
     # processes and network
     host: str = "127.0.0.1"
     port: int = 0  # 0: pick a free port
+    join_timeout: float = 300.0  # seconds the PS waits for its workers to join, and a worker for the PS
     grace_period: float = 15.0
     log_interval: float = 1.0
     seed: int = 0
@@ -181,7 +182,7 @@ class RunConfig:
             bad("momentum", f"is {self.momentum}", "use a value in [0, 1)")
         if self.port > 65535:
             bad("port", f"is {self.port}", "use 0 (pick a free port) or a port below 65536")
-        for name in ("worker_timeout", "grace_period", "log_interval"):
+        for name in ("worker_timeout", "join_timeout", "grace_period", "log_interval"):
             if not getattr(self, name) > 0:
                 bad(name, f"is {getattr(self, name)}, but it must be positive", f"pass {name} > 0")
         if not (self.train_url or self.data):

@@ -10,3 +10,7 @@ class DataError(ValueError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the file and the fix."""
+
+
+class JoinTimeout(RuntimeError):
+    """The RPC group did not form within --join-timeout; the message names who never came."""

@@ -10,15 +10,20 @@ to the interface holding HOST when HOST is an address of this machine.
 
 Under torchrun (`adt launch`) the store is torchrun's own: node 0's agent serves it on every
 interface at the master port, and every rank, the PS included, is only its client.
+
+Either way each rank but 0 leaves an `adt/arrived/<rank>` key in the store, so that rank 0 can
+name the workers that never came when the group does not form within --join-timeout.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
 import psutil
@@ -55,36 +60,59 @@ def _torchrun_serves(host: str, port: int) -> bool:
             and env.get("MASTER_ADDR") == host and env.get("MASTER_PORT") == str(port))
 
 
-def _rendezvous(url: str, timeout: timedelta = timedelta(minutes=30), **_: object) -> Iterator:
-    """The `adt-tcp://HOST:PORT?rank=R&world_size=N` handler: rank 0 serves, the others connect."""
+def _rendezvous(url: str, **_: object) -> Iterator:
+    """The `adt-tcp://HOST:PORT?join_timeout=S&rank=R&world_size=N` handler: rank 0 serves, the
+    others connect; then every rank but 0 says it arrived, and rank 0 waits for all of them."""
     from torch.distributed import TCPStore
 
     parsed = urlparse(url)
     query = dict(parse_qsl(parsed.query))
     rank, world_size = int(query["rank"]), int(query["world_size"])
+    join_timeout = float(query.get("join_timeout", 1800))
     host, port = parsed.hostname or "", parsed.port or 0
     if rank == 0 and not _torchrun_serves(host, port):
         listener = bind_listener(host, port)
         bound, bound_port = listener.getsockname()[:2]
-        # The store owns the descriptor from here on (it closes it at shutdown).
-        store = TCPStore(host, bound_port, world_size, True, timeout,
-                         master_listen_fd=listener.detach())
+        # The store owns the descriptor from here on (it closes it at shutdown). It does not wait
+        # for the workers itself: _arrive does, in Python, and knows who is missing.
+        store = TCPStore(host, bound_port, world_size, True, timedelta(seconds=join_timeout),
+                         master_listen_fd=listener.detach(), wait_for_workers=False)
         print(f"[adt rendezvous] store listens on {_show(bound)}:{bound_port} only", flush=True)
-    else:
-        store = TCPStore(host, port, world_size, False, timeout)
+    else:  # retries until the store is up, for at most join_timeout
+        store = TCPStore(host, port, world_size, False, timedelta(seconds=join_timeout))
+    _arrive(store, rank, world_size, join_timeout)
     yield store, rank, world_size
     raise RuntimeError(f"{SCHEME}:// cannot rendezvous twice: RPC's group is fixed at start")
 
 
-def rendezvous_url(host: str, port: int) -> str:
-    """The init_method for `rpc.init_rpc` whose store listens on `host` only."""
+# Who reached the rendezvous, for the message when the group does not form in time.
+arrived: set[int] = set()  # rank 0: the worker ranks that reached the store; others: their own
+
+
+def _arrive(store: Any, rank: int, world_size: int, join_timeout: float) -> None:
+    keys = {r: f"adt/arrived/{r}" for r in range(1, world_size)}
+    if rank:
+        store.set(keys[rank], str(os.getpid()))
+        arrived.add(rank)
+        return
+    deadline = time.monotonic() + join_timeout
+    while len(arrived) < len(keys):
+        arrived.update(r for r, key in keys.items() if store.check([key]))
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ranks {sorted(set(keys) - arrived)} never reached the rendezvous")
+        time.sleep(0.1)
+
+
+def rendezvous_url(host: str, port: int, join_timeout: float) -> str:
+    """The init_method for `rpc.init_rpc` whose store listens on `host` only and whose ranks wait
+    at most `join_timeout` seconds for each other."""
     global _registered
     if not _registered:
         from torch.distributed import register_rendezvous_handler
 
         register_rendezvous_handler(SCHEME, _rendezvous)
         _registered = True
-    return f"{SCHEME}://{_show(host)}:{port}"
+    return f"{SCHEME}://{_show(host)}:{port}?join_timeout={float(join_timeout)!r}"
 
 
 def _show(host: str) -> str:

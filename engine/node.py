@@ -2,8 +2,10 @@
 
 Rank and world size come from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, as set by adt's supervisor
 or by torchrun: rank 0 is the parameter server (or the single process when WORLD_SIZE is 1),
-rank k > 0 is worker k-1. SIGINT/SIGTERM ask for a graceful stop: workers finish their step and
-leave, the PS writes a final checkpoint and `run_end`, and every process exits.
+rank k > 0 is worker k-1. SIGINT/SIGTERM while a process starts end it at once; once training
+is under way they ask for a graceful stop: workers finish their step and leave, the PS writes a
+final checkpoint and `run_end`, and every process exits (engine/stopping.py). No process waits for
+the others longer than --join-timeout to form the job.
 
 Exit codes: 0 finished or stopped on request, 1 failed, 2 bad input (config, data, checkpoint).
 """
@@ -13,22 +15,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .checkpoint import CheckpointError, load_checkpoint
+# Nothing here loads torch: main() installs the stop handlers first (engine/stopping.py).
 from .config import ConfigError, RunConfig
-from .data import DataError, DataSpec, Split, resolve_data, worker_shards
-from .datacheck import local_copy_problem
+from .errors import CheckpointError, DataError, JoinTimeout
 from .events import EventWriter
 from .fingerprint import cover, startup_fingerprint
 from .sources import job_sources
+from .stopping import StopRequested, StopSignals
+
+if TYPE_CHECKING:
+    from .data import DataSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -37,17 +41,11 @@ def _log(role: str, message: str) -> None:
     print(f"[adt {role} pid {os.getpid()}] {message}", flush=True)
 
 
-def install_stop_handlers(stop: threading.Event) -> None:
-    def handler(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
 def _compatible_checkpoint(config: RunConfig, data_fingerprint: str,
                            model_shapes: dict[str, list[int]]) -> dict[str, Any]:
     """Load the resume checkpoint; refuse one of other data or another model shape (unless --force)."""
+    from .checkpoint import load_checkpoint
+
     path = Path(config.checkpoints_dir).resolve() / config.resume / "last.pt"
     payload = load_checkpoint(path)
     old = payload.get("meta", {})
@@ -89,10 +87,11 @@ def load_resume(config: RunConfig, meta: dict[str, Any], model_shapes: dict[str,
 
 
 def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, port: int,
-               stop: threading.Event) -> int:
+               signals: StopSignals) -> int:
     """The PS (world_size > 1) or the single process (world_size == 1)."""
 
     from . import transport
+    from .data import resolve_data
     from .server import ParameterServer, resolve_device
     from .worker import run_worker
 
@@ -126,6 +125,8 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
     _log(role, f"run {config.run_id}: {config.model}, data {spec.train.urls[0]}..., "
                f"version {server.version}, epoch {server.epoch}")
     failure: list[BaseException] = []
+    stop = signals.stop
+    join_by: float | None = None  # until then the PS waits for workers in the group to register
     if single:
         client = transport.LocalClient(server)
 
@@ -140,11 +141,22 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
         threading.Thread(target=train, name="single-train", daemon=True).start()
     else:
         transport.serve(server)
-        transport.init(0, world_size, host, port)
+        _log(role, f"waiting up to {config.join_timeout:g}s (--join-timeout) for {world_size - 1} "
+                   f"workers to join at {host}:{port}")
+        try:
+            transport.init(0, world_size, host, port, config.join_timeout)
+        except RuntimeError as exc:  # JoinTimeout, or torch's own error: the job never formed
+            _end_before_training(role, events, server, str(exc) if isinstance(exc, JoinTimeout)
+                                 else f"RPC did not start: {_reason(exc)}")
+        join_by = time.monotonic() + config.join_timeout
+    signals.running(config.grace_period)
     deadline = None
     try:
         while not server.all_left.wait(config.log_interval):
             server.call(lambda: server.report(config.log_interval))
+            if join_by is not None and time.monotonic() > join_by:
+                join_by = None  # workers in the group that never registered: counted out now
+                server.call(lambda: server.count_out_unregistered(config.join_timeout))
             if stop.is_set() and deadline is None:
                 server.stop_requested.set()
                 deadline = time.monotonic() + config.grace_period * 0.6
@@ -169,11 +181,25 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
     server.close()
     if not single:
         if failure:  # workers may wait at an epoch's end the failure never closed: they see the PS go
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_FAILED)
+            _exit(EXIT_FAILED)
         transport.shutdown()
     return EXIT_OK if outcome in ("finished", "stopped") else EXIT_FAILED
+
+
+def _end_before_training(role: str, events: EventWriter, server: Any, message: str) -> None:
+    """The job never formed: record why and leave. The thread that joins RPC may still be stuck
+    inside torch, so no clean shutdown is possible."""
+    _log(role, f"run_end: failed ({message})")
+    events.emit("run_end", outcome="failed", version=server.version, epoch=server.epoch,
+                best_val_acc=server.best_val_acc, message=message)
+    events.close()
+    _exit(EXIT_FAILED)
+
+
+def _exit(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _outcome(server: Any, config: RunConfig, stop: threading.Event,
@@ -189,6 +215,9 @@ def _outcome(server: Any, config: RunConfig, stop: threading.Event,
         return "diverged", "stopped: training diverged"
     if stop.is_set() or server.stop_requested.is_set():
         return "stopped", "stopped on request"
+    if server.never_registered:
+        return "failed", (f"{server.never_registered} never registered within {config.join_timeout:g}s "
+                          "(--join-timeout), and every other worker was lost before the run finished")
     return "failed", "every worker was lost before the run finished"
 
 
@@ -200,71 +229,115 @@ def _reason(exc: BaseException) -> str:
     return repr(exc)
 
 
-def run_worker_process(rank: int, world_size: int, host: str, port: int, stop: threading.Event) -> int:
+def run_worker_process(rank: int, world_size: int, host: str, port: int, signals: StopSignals,
+                       join_timeout: float) -> int:
     from . import transport
+    from .data import Split, worker_shards
+    from .datacheck import local_copy_problem
     from .worker import run_worker
 
     worker = rank - 1
-    transport.init(rank, world_size, host, port)
+    role = f"worker{worker}"
+    _log(role, f"joining the parameter server at {host}:{port} (waits up to {join_timeout:g}s, "
+               "--join-timeout)")
+    try:
+        transport.init(rank, world_size, host, port, join_timeout)
+    except RuntimeError as exc:  # JoinTimeout, or torch's own error; the join thread may be stuck
+        _log(role, f"{exc if isinstance(exc, JoinTimeout) else _reason(exc)}. Exiting.")
+        _exit(EXIT_FAILED)
     client = transport.RpcClient(worker)
     try:
         job = client.job()
         config = RunConfig.from_dict(job["config"])
+        signals.running(config.grace_period)  # from here a stop is graceful: finish the step, leave
+        client.ps_timeout = config.worker_timeout
         cover(job_sources(config))  # as the PS does: the same files make the same fingerprint
         train = Split(job["train_urls"], job["train_manifest"], job["train_manifest_path"])
         problem = local_copy_problem(train, worker_shards(train.urls, worker, job["num_workers"],
                                                           config.loader_workers))
         if problem:  # on another machine: never train on other data than the PS validates on
-            _log(f"worker{worker}", f"refusing to train: {problem}")
+            _log(role, f"refusing to train: {problem}")
             client.register({"rank": rank, "pid": os.getpid(), "host": socket.gethostname(),
                              "data_problem": problem})
             transport.shutdown()
             return EXIT_BAD_INPUT
-        reason = run_worker(client, config, train, worker, job["num_workers"], rank, stop)
+        reason = run_worker(client, config, train, worker, job["num_workers"], rank, signals.stop)
         code = EXIT_OK
     except DataError as exc:  # a shard it cannot read (e.g. its server gone): leave, never hang in RPC
         reason, code = f"failed: {_reason(exc)}", EXIT_FAILED
     except RuntimeError as exc:
-        _log(f"worker{worker}", f"lost the parameter server at {host}:{port} ({exc}). Exiting.")
-        os._exit(EXIT_FAILED)  # the RPC agent cannot shut down cleanly without its peer
-    _log(f"worker{worker}", f"leaving: {reason}")
+        _log(role, f"lost the parameter server at {host}:{port} ({exc}). Exiting.")
+        _exit(EXIT_FAILED)  # the RPC agent cannot shut down cleanly without its peer
+    _log(role, f"leaving: {reason}")
     try:
         client.leave(reason)
     except RuntimeError:
         # The PS may close the moment the last worker has left, before its reply arrives.
-        os._exit(code)
+        _exit(code)
     transport.shutdown()
     return code
 
 
+def _run_config(run_dir: str | None) -> RunConfig | None:
+    """The job's config from `run_dir`, if this process was given one (workers on other machines
+    are not: they get it from the PS)."""
+    if not run_dir:
+        return None
+    return RunConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+
+
+def _stopped_while_starting(role: str, config: RunConfig | None, run_dir: str | None) -> None:
+    """A stop before training began: nothing to save. With `config`, say so in the run's events."""
+    _log(role, "stopped on request while starting; nothing to save")
+    if config is not None and run_dir:
+        events = EventWriter(Path(run_dir) / "events.jsonl", config.run_id)
+        events.emit("run_end", outcome="stopped", version=None, epoch=None, best_val_acc=None,
+                    message="stopped on request before training began")
+        events.close()
+    _exit(EXIT_OK)  # a thread may be inside torch's rendezvous: leave without waiting for it
+
+
+def _role_from_env() -> str:
+    """This process's name in logs ("ps", "worker0", ...), read without loading torch."""
+    rank, world_size = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "")
+    if not rank.isdigit():
+        return "node"
+    return "single" if world_size == "1" else "ps" if rank == "0" else f"worker{int(rank) - 1}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    signals = StopSignals(_role_from_env()).install()  # first: a stop while torch loads ends quietly
     parser = argparse.ArgumentParser(prog="python -m engine.node")
     parser.add_argument("--role", choices=("ps", "worker", "single"))
-    parser.add_argument("--run-dir", help="the run directory with config.json (PS and single only)")
+    parser.add_argument("--run-dir", help="the run directory with config.json (the PS needs it; a "
+                        "worker given one takes its --join-timeout from there)")
     args = parser.parse_args(argv)
-    from .transport import rpc_env
-
-    rank, world_size, host, port = rpc_env()
-    role = "single" if world_size == 1 else "ps" if rank == 0 else "worker"
-    if args.role and args.role != role:
-        print(f"adt node: --role {args.role} contradicts RANK={rank} WORLD_SIZE={world_size} "
-              f"(that is the {role}). Fix: rank 0 is the PS.", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    startup_fingerprint()  # before anything else runs: this is the code this process loaded
-    stop = threading.Event()
-    install_stop_handlers(stop)
+    role, config = "node", None
     try:
+        config = _run_config(args.run_dir)
+        from .transport import rpc_env  # torch loads here
+
+        rank, world_size, host, port = rpc_env()
+        role = "single" if world_size == 1 else "ps" if rank == 0 else "worker"
+        if args.role and args.role != role:
+            print(f"adt node: --role {args.role} contradicts RANK={rank} WORLD_SIZE={world_size} "
+                  f"(that is the {role}). Fix: rank 0 is the PS.", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        startup_fingerprint()  # before anything else runs: this is the code this process loaded
         if role == "worker":
-            return run_worker_process(rank, world_size, host, port, stop)
-        if not args.run_dir:
+            join_timeout = (config or RunConfig()).join_timeout
+            return run_worker_process(rank, world_size, host, port, signals, join_timeout)
+        if config is None:
             print("adt node: the PS needs --run-dir DIR holding config.json.", file=sys.stderr)
             return EXIT_BAD_INPUT
-        run_dir = Path(args.run_dir)
-        config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())).validate()
-        return run_server(config, run_dir, world_size, host, port, stop)
+        return run_server(config.validate(), Path(args.run_dir), world_size, host, port, signals)
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"adt {role}: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
+    except StopRequested:
+        writer = os.environ.get("RANK") == "0"  # the PS or the single process writes the events
+        _stopped_while_starting(signals.role, config if writer else None, args.run_dir)
+        return EXIT_OK
 
 
 if __name__ == "__main__":

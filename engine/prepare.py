@@ -16,6 +16,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -195,7 +197,7 @@ def _samples(split: str, items: list[tuple[str, int]], size: int, shape: tuple[i
     work = [(path, label, size) for path, label in items]
     pool = None
     if jobs > 1 and len(work) >= _PARALLEL_FROM:
-        pool = get_context("spawn").Pool(jobs)
+        pool = _pool(jobs)
         converted: Iterator[Any] = pool.imap(_convert_item, work, chunksize=64)
     else:
         converted = map(_convert_item, work)
@@ -210,6 +212,18 @@ def _samples(split: str, items: list[tuple[str, int]], size: int, shape: tuple[i
     finally:
         if pool is not None:
             pool.terminate()
+
+
+def _pool(jobs: int) -> Any:
+    """Conversion processes that ignore SIGINT: a terminal's Ctrl+C reaches the whole process group,
+    and only this process should answer it (it ends the pool), without a traceback per child."""
+    if threading.current_thread() is not threading.main_thread():
+        return get_context("spawn").Pool(jobs)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec, from birth
+    try:
+        return get_context("spawn").Pool(jobs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def default_shard_count(num_samples: int, workers: int = 2, loader_workers: int = 1) -> int:

@@ -145,6 +145,7 @@ class ParameterServer:
             self._load_state(resume)
         self.health = Health(self.num_classes, config.chance_warmup_evals)
         self.workers: dict[int, WorkerState] = {}
+        self.never_registered = ""  # "worker1 and worker2", once --join-timeout counted them out
         self.dropped = 0
         self.outcome: str | None = None  # set when the run should end: finished/stopped/diverged
         self.stop_requested = threading.Event()
@@ -339,6 +340,19 @@ class ParameterServer:
         if len(self.workers) >= self.num_workers and not any(w.active for w in self.workers.values()):
             self.all_left.set()
 
+    def count_out_unregistered(self, join_timeout: float) -> None:
+        """After --join-timeout: workers that never registered (their process died, or hangs, after
+        RPC formed) are counted as lost, so that the run can end without them."""
+        missing = [w for w in range(self.num_workers) if w not in self.workers]
+        if not missing:
+            return
+        self.never_registered = worker_names(missing)
+        for worker in missing:
+            self.workers[worker] = WorkerState(pid=0, host="", lost=True)
+            self._alert("error", "worker_lost", f"worker {worker} never registered within "
+                        f"{join_timeout:g}s (--join-timeout); the run goes on without it", worker)
+        self._after_worker_gone()
+
     def _sync_buffers(self) -> None:
         """Bring the BatchNorm statistics to the current weights (once per version): recomputed on
         `bn_recompute` training samples, else the mean of every worker's latest running stats."""
@@ -455,6 +469,12 @@ class ParameterServer:
                 self._alert("error", "worker_silent", f"worker {index} sent nothing for "
                             f"{self.config.worker_timeout:.0f}s; counted as lost", worker=index)
         self._after_worker_gone()
+
+
+def worker_names(workers: list[int]) -> str:
+    """[0, 1, 2] -> "worker0, worker1 and worker2"."""
+    names = [f"worker{w}" for w in workers]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _pct(values: list[int], q: int) -> float | None:

@@ -1,37 +1,48 @@
 """The whole RPC surface of adt, in one module: how workers reach the parameter server.
 
 Workers hold a client with four calls — register, push (which also returns fresh parameters:
-one round trip per step), epoch_done and leave. `RpcClient` goes over torch.distributed.rpc
-(TensorPipe); `LocalClient` calls the server in-process for `--workers 0`. Moving off torch RPC
-means rewriting this file only.
+one round trip per step), epoch_done (which pings the PS while it waits) and leave. `RpcClient`
+goes over torch.distributed.rpc (TensorPipe); `LocalClient` calls the server in-process for
+`--workers 0`. Moving off torch RPC means rewriting this file only.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import torch
 from torch.distributed import rpc
 
 from . import listen
-from .server import ParameterServer, Reply, resolve_device
+from .errors import JoinTimeout
+from .server import ParameterServer, Reply, resolve_device, worker_names
 
 PS_NAME = "ps"
+PING_EVERY = 5.0  # seconds at the epoch barrier between pings of the PS
 _server: ParameterServer | None = None  # set in the PS process by serve()
 
 
-def init(rank: int, world_size: int, host: str, port: int, timeout: float = 120.0) -> None:
+def init(rank: int, world_size: int, host: str, port: int, join_timeout: float,
+         timeout: float = 120.0) -> None:
     """Join the RPC group: rank 0 is the PS, rank k > 0 is worker k-1.
 
     The rendezvous store (rank 0's, unless torchrun serves one) listens on `host` only, and
     TensorPipe and Gloo on the interface holding `host` when it is an address of this machine.
     When both the worker's device (ADT_DEVICE) and the PS's (ADT_PS_DEVICE) are GPUs, a device
     map lets TensorPipe move gradients and parameters GPU to GPU, with no host round trip.
+
+    Raises JoinTimeout, naming who never came, when the group has not formed after `join_timeout`
+    seconds. torch joins on a helper thread while this (main) thread waits, so that a stop signal
+    ends the wait at once (engine/stopping.py): inside torch's rendezvous it would run only when
+    torch returns. After a JoinTimeout or a stop that thread may still be stuck in torch, so the
+    process must leave with os._exit.
     """
     listen.pin_interface(host)
     options = rpc.TensorPipeRpcBackendOptions(
-        init_method=listen.rendezvous_url(host, port), rpc_timeout=timeout, num_worker_threads=16)
+        init_method=listen.rendezvous_url(host, port, join_timeout), rpc_timeout=timeout,
+        num_worker_threads=16)
     name = PS_NAME if rank == 0 else f"worker{rank - 1}"
     ps_device = os.environ.get("ADT_PS_DEVICE", "cpu")
     if ps_device.startswith("cuda"):
@@ -42,7 +53,34 @@ def init(rank: int, world_size: int, host: str, port: int, timeout: float = 120.
             device = os.environ.get("ADT_DEVICE", "cpu")
             if device.startswith("cuda"):
                 options.set_device_map(PS_NAME, {str(resolve_device(device, rank - 1)): ps_device})
-    rpc.init_rpc(name, rank=rank, world_size=world_size, rpc_backend_options=options)
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def join() -> None:
+        try:
+            rpc.init_rpc(name, rank=rank, world_size=world_size, rpc_backend_options=options)
+        except BaseException as exc:  # re-raised on the main thread
+            failure.append(exc)
+        done.set()
+
+    threading.Thread(target=join, name="adt-rpc-join", daemon=True).start()
+    if not done.wait(join_timeout):
+        raise JoinTimeout(_not_joined(rank, world_size, host, port, join_timeout))
+    if failure:
+        raise failure[0]
+
+
+def _not_joined(rank: int, world_size: int, host: str, port: int, join_timeout: float) -> str:
+    """Who kept the RPC group from forming, as far as this rank can tell."""
+    within = f"within {join_timeout:g}s (--join-timeout)"
+    if rank == 0:
+        missing = [r - 1 for r in range(1, world_size) if r not in listen.arrived]
+        if missing:
+            return f"{worker_names(missing)} never joined {within}; see their logs"
+        return f"every worker reached the rendezvous, but the RPC group did not form {within}"
+    if rank not in listen.arrived:
+        return f"the parameter server's rendezvous at {host}:{port} did not answer {within}"
+    return f"the RPC group did not form {within}: the parameter server or another worker never joined"
 
 
 def serve(server: ParameterServer) -> None:
@@ -82,6 +120,10 @@ def _epoch_done(worker: int, epoch: int) -> torch.futures.Future:
     return _server.epoch_done(worker, epoch)
 
 
+def _ping() -> None:
+    """Answered on an RPC thread, never queued behind the apply thread: proof the PS is there."""
+
+
 @rpc.functions.async_execution
 def _leave(worker: int, reason: str) -> torch.futures.Future:
     return _server.leave(worker, reason)
@@ -92,8 +134,9 @@ class RpcClient:
 
     shares_model = False
 
-    def __init__(self, worker: int) -> None:
+    def __init__(self, worker: int, ps_timeout: float = 60.0) -> None:
         self.worker = worker
+        self.ps_timeout = ps_timeout  # the job's --worker-timeout, once the worker has the config
 
     def job(self) -> dict[str, Any]:
         return rpc.rpc_sync(PS_NAME, _job)
@@ -113,8 +156,18 @@ class RpcClient:
         return rpc.rpc_sync(PS_NAME, _pull)
 
     def epoch_done(self, epoch: int) -> bool:
-        # Waiting at the epoch barrier includes the PS's validation, so no RPC timeout here.
-        return rpc.rpc_sync(PS_NAME, _epoch_done, args=(self.worker, epoch), timeout=0)
+        """Wait at the epoch barrier; True if the PS says stop.
+
+        The wait lasts the slowest worker's epoch plus the PS's validation, so the call itself has
+        no timeout. Instead the PS must answer a ping every PING_EVERY seconds within
+        `ps_timeout`, else it is gone (dead, stopped, cut off): RuntimeError, as for a failed push.
+        """
+        future = rpc.rpc_async(PS_NAME, _epoch_done, args=(self.worker, epoch), timeout=0)
+        answered = threading.Event()
+        future.add_done_callback(lambda _: answered.set())
+        while not answered.wait(PING_EVERY):
+            rpc.rpc_sync(PS_NAME, _ping, timeout=self.ps_timeout)
+        return future.wait()
 
     def leave(self, reason: str) -> None:
         rpc.rpc_sync(PS_NAME, _leave, args=(self.worker, reason), timeout=30)
