@@ -47,7 +47,7 @@ from .procstats import ProcStats, Usage
 from .screens import Choice, ChoiceScreen, DetailScreen, HelpScreen, confirm
 from .stale import StartedSources
 from .state import RunState
-from .supervisor import Supervisor
+from .supervisor import Child, Supervisor, describe_exit
 from .watcher import SourceWatcher
 
 TICK = 0.25  # seconds between redraws: fast enough to feel live, slow enough to stay cheap
@@ -83,6 +83,8 @@ class AdtApp(App[int]):
                 "(asks: resume from the last checkpoint or start fresh)"),
         Binding("s", "stop", "Stop", tooltip="Stop the job: graceful (final checkpoint), then "
                 "forced after the grace period; the monitor stays open"),
+        Binding("b", "bring_back", "Bring back", show=False, tooltip="A worker died: checkpoint now and "
+                "restart the job from there, so it trains again (automatic with --max-restarts)"),
         Binding("l", "toggle_log", "Logs", tooltip="Show or hide the log view (tabs pick the process)"),
         Binding("c", "next_chart", "Chart", tooltip="Show the next chart (loss, accuracy, learning "
                 "rate, staleness) when the screen fits only one"),
@@ -269,6 +271,9 @@ class AdtApp(App[int]):
         # second means a clean end (run_end) is known before its process exits are judged.
         self._backlog = self._ingest(budget=INGEST_BUDGET)
         self._note_exits()
+        lost = self.supervisor.lost_worker() if self.owned and not self.busy else None
+        if lost is not None and self.supervisor.may_restart(lost.worker):  # type: ignore[union-attr]
+            self._bring_back(lost, automatic=True)
         now = time.monotonic()
         if now - self._last_stats >= STATS_EVERY:
             self._last_stats = now
@@ -526,6 +531,24 @@ class AdtApp(App[int]):
 
         self.push_screen(ChoiceScreen("Restart the job?", message, choices), answered)
 
+    def action_bring_back(self) -> None:
+        lost = self.supervisor.lost_worker() if self.owned and not self.busy else None
+        if lost is None:
+            self.notify("No worker to bring back: b restarts a job whose worker died while the PS runs.",
+                        severity="warning")
+            return
+        self._bring_back(lost, automatic=False)
+
+    def _bring_back(self, lost: Child, automatic: bool) -> None:
+        """Checkpoint now and restart the job from there (torch RPC cannot re-admit one worker)."""
+        sup = self.supervisor
+        assert sup is not None
+        count = (f" (restart {sup.restarts.get(lost.worker, 0) + 1} of {sup.config.max_restarts})"
+                 if automatic else "")
+        self.notify(f"{lost.name} {describe_exit(lost.exit_code)}: restarting the job from a checkpoint "
+                    f"taken now{count}.", title="bringing a worker back", severity="warning")
+        self._stop_then(f"bring-back:{lost.worker}:{lost.name} {describe_exit(lost.exit_code)}")
+
     def action_quit_monitor(self) -> None:
         if self.busy:
             self.notify("Stopping the job; quit again when it has stopped.", severity="warning")
@@ -573,13 +596,19 @@ class AdtApp(App[int]):
         self.busy = False
         if message.then == "quit":
             self.exit(self.exit_code())
-        elif message.then in ("resume", "fresh"):
+        elif message.then and message.then.split(":")[0] in ("resume", "fresh", "bring-back"):
+            how, restarts = message.then, self.supervisor.restarts  # type: ignore[union-attr]
+            if how.startswith("bring-back:"):
+                _, worker, why = how.split(":", 2)
+                self.supervisor.note_restart(int(worker), why)  # type: ignore[union-attr]
+                how = "resume"
             try:
-                config = self._next_config(message.then)
+                config = self._next_config(how)
             except ConfigError as exc:  # the config file was changed into something invalid
                 self.notify(str(exc), title="not restarted", severity="error", timeout=15, markup=False)
                 return
             self.start_job(config)
+            self.supervisor.restarts = restarts  # type: ignore[union-attr]
             self.tick()
 
     def _next_config(self, how: str) -> RunConfig:

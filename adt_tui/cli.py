@@ -94,6 +94,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    "statistics on before each validation (0: average the workers' statistics)")
     p.add_argument("--stop-on-divergence", action="store_true", default=None)
     p.add_argument("--worker-timeout", type=float)
+    p.add_argument("--max-restarts", type=int, help="per worker: when one dies, checkpoint and restart "
+                   "the job from there, up to K times (README: A lost worker comes back)")
     p.add_argument("--host", help="RPC address (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, help="RPC port (default: a free one)")
     p.add_argument("--join-timeout", type=float, help="seconds the PS waits for every worker to join "

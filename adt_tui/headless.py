@@ -19,7 +19,7 @@ from engine.sources import job_sources
 from .launch import prepare_job
 from .series import Curves
 from .stale import StartedSources
-from .supervisor import Supervisor
+from .supervisor import Child, Supervisor, describe_exit
 from .watcher import SourceWatcher
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -203,6 +203,11 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
                 if child is not main and child.exit_code != 0:
                     printer.line(f"ERROR: {child.name} (pid {child.pid}) exited with code "
                                  f"{child.exit_code}; see {child.log_path}")
+            lost = supervisor.lost_worker()
+            if lost is not None and supervisor.may_restart(lost.worker):
+                bring_back(supervisor, lost, printer, tail)
+                main = supervisor.main_child()
+                continue
             if not main.running:
                 # The PS is gone: give workers a moment to see it, then stop what is left.
                 if not supervisor.wait(5):
@@ -222,6 +227,21 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
     for e in tail.poll():
         printer.event(e)
     return finish(supervisor, printer, interrupted)
+
+
+def bring_back(supervisor: Supervisor, lost: Child, printer: Printer, tail: EventTail) -> None:
+    """Restart the job from a checkpoint taken now, so the lost worker trains again."""
+    used = supervisor.restarts.get(lost.worker, 0) + 1
+    printer.line(f"{lost.name} {describe_exit(lost.exit_code)}: restarting the job from a checkpoint taken "
+                 f"now to bring it back (restart {used} of {supervisor.config.max_restarts})")
+    why = f"{lost.name} {describe_exit(lost.exit_code)}"
+    restarted = supervisor.restart(lost.worker, why)
+    for e in tail.poll():
+        printer.event(e)
+    if restarted:
+        printer.outcome = None  # the stop was ours: the run goes on
+    else:
+        printer.line("not restarted: the PS wrote no checkpoint to resume from")
 
 
 def start_holding_signals(supervisor: Supervisor) -> Path:

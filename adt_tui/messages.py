@@ -19,4 +19,6 @@ class JobStopped(Message):
 
     def __init__(self, then: str | None = None) -> None:
         super().__init__()
-        self.then = then  # None, "resume" or "fresh": what to start next
+        # what to start next: None, "resume", "fresh", or "bring-back:WORKER:WHY" (a resume that
+        # first records the worker's restart)
+        self.then = then

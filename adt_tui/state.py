@@ -287,6 +287,12 @@ class RunState:
             self.alerts.append(Alert(t, level, "process_exit",
                                      f"{name} (pid {pid}) {describe_exit(code)}", e.get("worker"), pid))
 
+    def _on_worker_restart(self, e: dict[str, Any], t: float) -> None:
+        limit = f" {e.get('restart')} of {e.get('max_restarts')}" if e.get("max_restarts") else ""
+        self.alerts.append(Alert(t, "warning", "worker_restart",
+                                 f"{e.get('reason')}: the job restarted from a checkpoint to bring "
+                                 f"worker {e.get('worker')} back (restart{limit})", e.get("worker")))
+
     def _on_run_end(self, e: dict[str, Any], t: float) -> None:
         self.outcome = e.get("outcome", "finished")
         self.end_message = e.get("message", "")

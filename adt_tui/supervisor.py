@@ -69,6 +69,7 @@ class Supervisor:
         self.run_dir = Path(config.runs_dir).resolve() / self.run_id
         self.stopping = False
         self.attached = False  # True: another adt started this job; we only watch (and may stop) it
+        self.restarts: dict[int, int] = {}  # worker -> times the job was restarted to bring it back
 
     @classmethod
     def attach(cls, run_dir: str | Path) -> Supervisor:
@@ -177,6 +178,52 @@ class Supervisor:
             time.sleep(0.1)
         return True
 
+    # --- bringing a lost worker back -------------------------------------------------------
+    def lost_worker(self) -> Child | None:
+        """A worker that died (non-zero exit) while the PS runs and nobody asked for a stop."""
+        main = self.main_child()
+        if self.stopping or self.attached or main is None or not main.running:
+            return None
+        return next((c for c in self.children
+                     if c.role == "worker" and c.exited and c.exit_code not in (0, None)), None)
+
+    def may_restart(self, worker: int) -> bool:
+        """Automatic restarts left for this worker (`max_restarts` each)."""
+        return self.restarts.get(worker, 0) < self.config.max_restarts
+
+    def checkpoint_to_resume(self) -> Path | None:
+        path = Path(self.config.checkpoints_dir).resolve() / self.run_id / "last.pt"
+        return path if path.exists() else None
+
+    def note_restart(self, worker: int, why: str) -> None:
+        """Count a restart and write `worker_restart` (every child has exited: we are the writer)."""
+        from engine.events import EventWriter
+
+        self.restarts[worker] = self.restarts.get(worker, 0) + 1
+        writer = EventWriter(self.run_dir / "events.jsonl", self.run_id)
+        writer.emit("worker_restart", worker=worker, restart=self.restarts[worker],
+                    max_restarts=self.config.max_restarts, reason=why)
+        writer.close()
+
+    def restart(self, worker: int, why: str) -> bool:
+        """Bring a lost worker back (blocking): stop the job gracefully, so the PS checkpoints the
+        version it reached, and start every process again resuming from it, in the same run dir.
+
+        The whole job restarts because torch RPC cannot re-admit a rank into a running group
+        (README: "A lost worker comes back"). False, and nothing started, if the PS wrote no
+        checkpoint to resume from.
+        """
+        self.stop()
+        main = self.main_child()
+        self.record_exits(run_ended=True)  # the PS wrote its run_end as it stopped
+        if main is None or main.exit_code != 0 or self.checkpoint_to_resume() is None:
+            return False
+        self.note_restart(worker, why)
+        self.config.resume = self.run_id
+        self.stopping = False
+        self.start()
+        return True
+
     # --- stopping -------------------------------------------------------------------------
     def stop(self, grace: float | None = None) -> None:
         """Graceful stop (SIGTERM: the PS writes a final checkpoint), then SIGKILL after `grace`."""
@@ -212,7 +259,7 @@ class Supervisor:
         if not run_ended and main is not None:
             outcome = "stopped" if self.stopping and main.exit_code in (0, -15) else "failed"
             writer.emit("run_end", outcome=outcome, version=None, epoch=None, best_val_acc=None,
-                        message=f"{main.name} {_describe(main.exit_code)} before the run ended; "
+                        message=f"{main.name} {describe_exit(main.exit_code)} before the run ended; "
                                 f"see {main.log_path}")
         writer.close()
 
@@ -235,7 +282,7 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def _describe(code: int | None) -> str:
+def describe_exit(code: int | None) -> str:
     return "was killed" if code is not None and code < 0 else f"exited with code {code}"
 
 

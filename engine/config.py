@@ -78,6 +78,7 @@ class RunConfig:
     stop_on_divergence: bool = False
     chance_warmup_evals: int = 1
     worker_timeout: float = 60.0
+    max_restarts: int = 0  # per worker: a worker that dies brings the job back from a checkpoint taken then
     # processes and network
     host: str = "127.0.0.1"
     port: int = 0  # 0: pick a free port
@@ -175,7 +176,7 @@ class RunConfig:
             if getattr(self, name) < 1:
                 bad(name, f"is {getattr(self, name)}, but it must be at least 1", f"pass a positive {name}")
         for name in ("num_classes", "max_updates", "momentum", "weight_decay", "max_staleness", "eval_every", "bn_recompute",
-                     "loader_workers", "chance_warmup_evals", "port"):
+                     "loader_workers", "chance_warmup_evals", "port", "max_restarts"):
             if getattr(self, name) < 0:
                 bad(name, f"is {getattr(self, name)}, but it cannot be negative", f"pass {name} >= 0")
         if not 0 <= self.momentum < 1:

@@ -29,6 +29,7 @@ KINDS = (
     "checkpoint",
     "alert",
     "process_exit",
+    "worker_restart",
     "run_end",
 )
 

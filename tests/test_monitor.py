@@ -229,3 +229,29 @@ async def test_restart_on_change_restarts_by_itself(
         await pilot.press("s")
         await wait_for(pilot, "the monitor to quit", lambda: not app.is_running)
     assert leftover_guard() == []
+
+
+async def test_lost_worker_is_brought_back_automatically_then_by_key(
+        monitor_config: RunConfig, leftover_guard, tmp_path: Path) -> None:
+    monitor_config.max_restarts = 1
+    app = AdtApp(monitor_config, source_dirs=[tmp_path / "src"])
+    async with app.run_test(size=SIZE) as pilot:
+        for restart, how in ((1, "automatically (--max-restarts 1)"), (2, "by the b key")):
+            await wait_for(pilot, "the job to train", lambda: workers_training(app) and app.job_running())
+            victim = app.state.workers[1].pid
+            os.kill(victim, signal.SIGKILL)
+            if restart == 2:  # the one automatic restart is used: the worker stays lost until b
+                await wait_for(pilot, "the killed worker's row", lambda: app.state.workers[1].pid == victim
+                               and "killed (SIGKILL)" in str(app.table.get_cell("w1", "state")), 30)
+                assert app.state.starts == 1 + 1
+                await pilot.press("b")
+            await wait_for(pilot, f"worker 1 back {how}", lambda: app.state.starts == 1 + restart
+                           and app.state.workers[1].pid not in (None, victim)
+                           and app.state.workers[1].step > 0, 90)
+            assert "the job restarted from a checkpoint to bring worker 1 back" in alert_text(app)
+        assert app.state.resumed and app.supervisor.restarts == {1: 2}
+        await pilot.press("q")
+        await wait_for(pilot, "the quit question", lambda: "Quit the monitor?" in screen_text(app), 5)
+        await pilot.press("s")
+        await wait_for(pilot, "the monitor to quit", lambda: not app.is_running)
+    assert leftover_guard() == []
