@@ -218,6 +218,8 @@ def _outcome(server: Any, config: RunConfig, stop: threading.Event,
     if server.never_registered:
         return "failed", (f"{server.never_registered} never registered within {config.join_timeout:g}s "
                           "(--join-timeout), and every other worker was lost before the run finished")
+    if server.failures:
+        return "failed", "every worker was lost before the run finished: " + "; ".join(server.failures)
     return "failed", "every worker was lost before the run finished"
 
 

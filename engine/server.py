@@ -147,6 +147,7 @@ class ParameterServer:
         self.workers: dict[int, WorkerState] = {}
         self.never_registered = ""  # "worker1 and worker2", once --join-timeout counted them out
         self.dropped = 0
+        self.failures: list[str] = []  # why workers that failed left (their own words)
         self.outcome: str | None = None  # set when the run should end: finished/stopped/diverged
         self.stop_requested = threading.Event()
         self.all_left = threading.Event()
@@ -332,6 +333,9 @@ class ParameterServer:
         state = self.workers.get(worker)
         if state is not None:
             state.left = True
+        if reason.startswith("failed"):  # e.g. a shard it could not read: say so in the run, not only its log
+            self.failures.append(f"worker {worker} {reason}")
+            self._alert("error", "worker_failed", f"worker {worker} {reason}", worker=worker)
         self._after_worker_gone()
 
     def _after_worker_gone(self) -> None:

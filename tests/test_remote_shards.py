@@ -130,11 +130,13 @@ def test_missing_shard_url_exits_2_naming_it_before_any_process_starts(served, t
     assert not (tmp_path / "runs" / "job").exists()  # nothing started, nothing written
 
 
-def test_server_stopping_mid_epoch_fails_the_run_naming_the_url(tiny_data, tmp_path):
-    # The preflight reads only the first shard of each split: train-000002 is first read mid-epoch.
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_server_stopping_mid_epoch_fails_the_run_naming_the_url(tiny_data, tmp_path, workers):
+    # The preflight reads only the first shard of each split: train-000002 is first read mid-epoch,
+    # by the single process or by the worker (which leaves; the PS's run_end gives its words).
     server = ShardServer(tiny_data, cut=("train/train-000002.tar", 1), stop_after_cut=True)
     try:
-        job = HeadlessJob(tmp_path, *http_flags(server), "--workers", "0", "--epochs", "2", *FAST)
+        job = HeadlessJob(tmp_path, *http_flags(server), "--workers", workers, "--epochs", "2", *FAST)
         code = job.wait(300)  # retries back off 1+2+4 s, then the run must end: no hang
     finally:
         server.close()
