@@ -48,7 +48,7 @@ def test_async_run_learns_and_records_every_event_kind(async_run):
     config, code, events, out = async_run
     assert code == 0, out
     kinds = {e["kind"] for e in events}
-    assert set(KINDS) - {"alert"} <= kinds, f"missing kinds: {set(KINDS) - kinds}"
+    assert set(KINDS) - {"alert", "worker_restart"} <= kinds, f"missing kinds: {set(KINDS) - kinds}"
     assert all(e["v"] == 1 and e["run_id"] == config.run_id for e in events)
     assert {e["worker"] for e in events if e["kind"] == "worker_metrics"} == {0, 1}
     assert final_val(events) > CHANCE + 0.35, out
