@@ -104,6 +104,7 @@ class WorkerState:
     epoch_done: int = -1
     left: bool = False
     lost: bool = False
+    pushed: bool = False  # at least one push arrived (the silence bound is shorter from then on)
     buffers: torch.Tensor | None = None
 
     @property
@@ -246,7 +247,7 @@ class ParameterServer:
                     samples: int, metrics: dict[str, Any] | None, reply_params: bool) -> Reply:
         start = time.perf_counter()
         state = self.workers[worker]
-        state.last_seen = time.monotonic()
+        state.last_seen, state.pushed = time.monotonic(), True
         if state.lost:
             state.lost = False
             self._alert("warning", "worker_lost", f"worker {worker} is back after being silent", worker)
@@ -468,11 +469,19 @@ class ParameterServer:
                             "goes on with the other workers", worker=index)
                 self.events.emit("process_exit", role="worker", worker=index, pid=state.pid,
                                  code=None, reason="lost")
-            elif index not in waiting and now - state.last_seen > self.config.worker_timeout:
+            elif index not in waiting and now - state.last_seen > self._silence_limit(state):
                 state.lost = True
                 self._alert("error", "worker_silent", f"worker {index} sent nothing for "
-                            f"{self.config.worker_timeout:.0f}s; counted as lost", worker=index)
+                            f"{self._silence_limit(state):.0f}s; counted as lost", worker=index)
         self._after_worker_gone()
+
+
+    def _silence_limit(self, state: WorkerState) -> float:
+        """How long a worker may send nothing. Its first step may take minutes (torch.compile,
+        cudnn autotuning, a slow first shard): until its first push, the start-up bound holds."""
+        if state.pushed:
+            return self.config.worker_timeout
+        return max(self.config.worker_timeout, self.config.join_timeout)
 
 
 def worker_names(workers: list[int]) -> str:

@@ -98,7 +98,9 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
     shards = worker_shards(train.urls, worker, workers, config.loader_workers)
     reply = client.register(worker_info(worker, rank, device, shards, config.loader_workers))
     flat = model or FlatModel(build_for(config, len(train.manifest["classes"]), train.manifest["image_size"]).to(device))
-    forward = torch.compile(flat.model) if config.compile else flat.model
+    # dynamic=False: an epoch's last, smaller batch would otherwise recompile the model for a
+    # dynamic batch size, and every later full batch would run that slower, generic code.
+    forward = torch.compile(flat.model, dynamic=False) if config.compile else flat.model
     if not client.shares_model:
         flat.params.copy_(reply["params"])
     epoch, step, samples = reply["epoch"], 0, 0

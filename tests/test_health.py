@@ -209,3 +209,28 @@ def test_headless_warns_once_per_burst_of_source_changes(tiny_data, tmp_path, re
     assert "adt_tui/panels.py" in warnings()[1]
     job.proc.send_signal(signal.SIGINT)
     assert job.wait(30) == 130, job.context()
+
+
+def test_silence_before_the_first_push_is_bounded_by_the_join_timeout(tiny_data, tmp_path):
+    """A first step may take minutes (torch.compile on a busy CPU): until a worker's first push the
+    silence bound is --join-timeout, then --worker-timeout. Driven in-process, with the worker's
+    last sign of life set back in time instead of waiting."""
+    config = tiny_config(tiny_data, tmp_path, worker_timeout=5.0, join_timeout=100.0)
+    events = EventWriter(tmp_path / "events.jsonl", "r")
+    server = ParameterServer(config, resolve_data(config.data, "", ""), events, 1, torch.device("cpu"),
+                             tmp_path / "ck", {"code": {"fingerprint": "f"}})
+
+    def silent_for(seconds: float) -> list[str]:
+        server.workers[0].last_seen = time.monotonic() - seconds
+        server.call(lambda: server.report(0.5))
+        return [e["code"] for e in read_events(tmp_path / "events.jsonl") if e["kind"] == "alert"]
+
+    try:
+        server.register(0, {"pid": os.getpid(), "host": socket.gethostname(),
+                            "code_fingerprint": "f"}).wait()
+        assert silent_for(50) == []  # compiling: past --worker-timeout, within --join-timeout
+        server.push(0, 0, torch.zeros_like(server.flat.params), None, 16, None).wait()
+        assert silent_for(50) == ["worker_silent"]  # it has pushed: --worker-timeout holds
+    finally:
+        server.close()
+        events.close()
