@@ -129,6 +129,17 @@ def _leave(worker: int, reason: str) -> torch.futures.Future:
     return _server.leave(worker, reason)
 
 
+def result(future: torch.futures.Future) -> Any:
+    """The future's value, waited for in Python: `Future.wait()` blocks inside torch, where no
+    signal handler runs, so a stop (and its watchdog, engine/stopping.py) would wait for the RPC
+    timeout when the PS stops answering."""
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    while not done.wait(0.1):
+        pass
+    return future.wait()
+
+
 class RpcClient:
     """A worker's view of a remote PS."""
 
@@ -146,7 +157,7 @@ class RpcClient:
 
     def push(self, base_version: int, grads: torch.Tensor, buffers: torch.Tensor, samples: int,
              metrics: dict[str, Any] | None) -> Reply:
-        return self.push_async(base_version, grads, buffers, samples, metrics).wait()
+        return result(self.push_async(base_version, grads, buffers, samples, metrics))
 
     def push_async(self, base_version: int, grads: torch.Tensor, buffers: torch.Tensor, samples: int,
                    metrics: dict[str, Any] | None) -> torch.futures.Future:
@@ -166,7 +177,7 @@ class RpcClient:
         answered = threading.Event()
         future.add_done_callback(lambda _: answered.set())
         while not answered.wait(PING_EVERY):
-            rpc.rpc_sync(PS_NAME, _ping, timeout=self.ps_timeout)
+            result(rpc.rpc_async(PS_NAME, _ping, timeout=self.ps_timeout))
         return future.wait()
 
     def leave(self, reason: str) -> None:

@@ -23,6 +23,7 @@ from .models import build_for, normalize
 from .profile import StepProfiler
 from .rules import make_optimizer
 from .server import FlatModel, resolve_device
+from .transport import result
 
 
 class Meter:
@@ -198,7 +199,7 @@ class Exchange:
         if self.overlap:
             self.pending = future
         else:
-            stop = self._load(future.wait())
+            stop = self._load(result(future))
         return stop, time.perf_counter() - start, 0.0
 
     def drain(self) -> bool:
@@ -206,7 +207,7 @@ class Exchange:
         if self.pending is None:
             return False
         future, self.pending = self.pending, None
-        return self._load(future.wait())
+        return self._load(result(future))
 
     def _load(self, reply: Any) -> bool:
         self.flat.params.copy_(reply.params, non_blocking=True)
