@@ -6,9 +6,10 @@ out=${1:?OUTDIR}; repeats=${2:-3}; mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# 220 updates of 256 stay inside the first 60,000-sample epoch: no epoch end in the window.
 B="python3 -m bench.throughput --model resnet18 --image-size 64 --classes 200 --batch 256 --device cuda
-   --ps-device cuda --loader-total 12 --train-samples 60000 --val-samples 2000 --workdir /tmp/bench"
-$B --workers 0,2,4 --transports flat --variants eager,compile --repeats "$repeats" --updates 400 \
+   --ps-device cuda --loader-total 12 --train-samples 60000 --val-samples 1000 --workdir /tmp/bench"
+$B --workers 0,2,4 --transports flat --variants eager,compile --repeats "$repeats" --updates 220 \
    --out "$out/throughput.json" 2>&1 | tee "$out/throughput.txt"
 python3 -m bench.loader --data /tmp/bench/data/synth-c200-s64-n60000 --processes 6,12 --seconds 4 2>&1 | tee "$out/loader.txt"
 if [[ " $* " == *" --profile "* ]]; then  # eager and compiled single process, eager N=2
