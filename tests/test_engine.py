@@ -175,6 +175,8 @@ def test_signal_mid_run_stops_cleanly_with_checkpoint(sig, tiny_data, tmp_path):
     (["--dc-lambda", "-1"], "dc_lambda"),
     (["--bn-recompute", "-1"], "bn_recompute"),
     (["--update-rule", "lookahead", "--optimizer", "adamw"], "update_rule"),
+    (["--max-restarts", "-1"], "max_restarts"),
+    (["--join-timeout", "0"], "join_timeout"),
 ])
 def test_bad_config_value_names_field_and_exits_2(flags, field, tmp_path, capsys):
     from adt_tui.cli import main
