@@ -342,6 +342,16 @@ class ShardStream(torch.utils.data.IterableDataset):
             yield _collate(batch)
 
 
+class Head(torch.utils.data.IterableDataset):
+    """A stream's `head()` for a DataLoader, so that loader processes read it in parallel."""
+
+    def __init__(self, stream: ShardStream) -> None:
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.stream.head()
+
+
 def _shuffled(items: Iterator[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
     buffer: list[Any] = []
     for item in items:
@@ -358,7 +368,7 @@ def _collate(batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.T
     return images.contiguous(), labels
 
 
-def make_loader(stream: ShardStream, loader_workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+def make_loader(stream: ShardStream | Head, loader_workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader over a ShardStream (which batches itself); 0 loader workers decodes inline."""
     return torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,

@@ -32,7 +32,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import RunConfig
-from .data import DataSpec, ShardStream
+from .data import DataSpec, Head, ShardStream, make_loader
 from .evaluate import evaluate, recompute_batchnorm
 from .events import EventWriter
 from .health import Health
@@ -139,7 +139,7 @@ class ParameterServer:
         self.best_val_acc: float | None = None
         self.last_val: dict[str, Any] | None = None
         self._checkpointed_version = self._buffers_version = -1
-        self._bn_stream = ShardStream(data.train, 0, 1, 0, config.batch_size, train=True,
+        self._bn_stream = ShardStream(data.train, 0, 1, config.loader_workers, config.batch_size, train=True,
                                       seed=config.seed + 1, augment=config.augment)
         self.resume_note = ""
         if resume:
@@ -366,7 +366,9 @@ class ParameterServer:
         self._buffers_version = self.version
         if self.config.bn_recompute:
             self._bn_stream.set_epoch(self.version)  # other samples each time
-            recompute_batchnorm(self.model, self._bn_stream.head(), self.config.bn_recompute, self.device)
+            # Loader processes: decoding the samples inline took ~1 s of every epoch end.
+            batches = make_loader(Head(self._bn_stream), self.config.loader_workers)
+            recompute_batchnorm(self.model, iter(batches), self.config.bn_recompute, self.device)
             return
         latest = [w.buffers for w in self.workers.values() if w.buffers is not None]
         if latest:

@@ -11,6 +11,7 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -114,9 +115,13 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
     flat.model.train()
     if reply["stop"]:
         return "stopped by the parameter server"
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        stream.set_epoch(epoch)  # read when the loader starts its processes: each has its own copy
+        return iter(make_loader(stream, config.loader_workers, pin_memory=device.type == "cuda"))
+
+    batches = epoch_batches(epoch)
     while epoch < config.epochs:
-        stream.set_epoch(epoch)
-        batches = iter(make_loader(stream, config.loader_workers, pin_memory=device.type == "cuda"))
         while True:
             t0 = time.perf_counter()
             batch = next(batches, None)
@@ -144,6 +149,10 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
                 return "stopped by the parameter server"
         if link.drain():
             return "stopped by the parameter server"
+        if epoch + 1 < config.epochs:
+            # Start the next epoch's loader processes before the barrier: they open their shards
+            # and fill their shuffle buffers while the slowest worker finishes and the PS validates.
+            batches = epoch_batches(epoch + 1)
         if client.epoch_done(epoch):
             return "finished" if epoch + 1 >= config.epochs else "stopped by the parameter server"
         epoch += 1

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from engine.augment import flip_crop
-from engine.data import ShardStream, resolve_data
+from engine.data import Head, ShardStream, make_loader, resolve_data
 from engine.evaluate import recompute_batchnorm
 from engine.models import normalize
 
@@ -50,3 +50,20 @@ def test_batchnorm_recompute_sets_the_statistics_of_the_given_samples():
     expected = torch.cat([normalize(images) for images, _ in batches[:3]]).mean((0, 2, 3))
     assert torch.allclose(model[0].running_mean, expected, atol=1e-5)
     assert model[0].momentum == 0.1 and model.training  # put back as it was
+
+
+def test_batchnorm_samples_come_from_loader_processes_and_are_the_same_each_time(tiny_data):
+    """The PS reads its BatchNorm samples through loader processes (each reader the head of its
+    shards): the same distinct samples for the same version, other samples for the next one."""
+    train = resolve_data(str(tiny_data)).train
+    stream = ShardStream(train, 0, 1, 2, 32, train=True, seed=1)
+
+    def head(version: int) -> list[bytes]:
+        stream.set_epoch(version)
+        images = [batch[0] for _, batch in zip(range(4), make_loader(Head(stream), 2))]
+        return [image.numpy().tobytes() for image in torch.cat(images)]
+
+    first = head(7)
+    assert len(first) == len(set(first)) == 4 * 32
+    assert head(7) == first
+    assert head(8) != first
