@@ -22,12 +22,21 @@ def flip_crop(image: np.ndarray, rng: random.Random) -> np.ndarray:
     h, w = image.shape[:2]
     if max(h, w) <= SMALL:
         pad = max(1, h // 8)
-        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
         y, x = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
-        out = padded[y:y + h, x:x + w]
+        out = _shifted(image, y - pad, x - pad)
     else:
         out = _random_resized_crop(image, rng)
-    return np.ascontiguousarray(out[:, ::-1] if rng.random() < 0.5 else out)
+    return np.ascontiguousarray(out[:, ::-1]) if rng.random() < 0.5 else out
+
+
+def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """The crop at (dy, dx) of the image padded with zeros; one copy instead of np.pad's two
+    (np.pad alone cost a loader process a fifth of a 64 px image's time)."""
+    h, w = image.shape[:2]
+    out = np.zeros_like(image)
+    out[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = \
+        image[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+    return out
 
 
 def _random_resized_crop(image: np.ndarray, rng: random.Random) -> np.ndarray:

@@ -18,7 +18,6 @@ import json
 import os
 import random
 import signal
-import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from .remote import (
     why,
 )
 from .shards import MANIFEST
+from .tarstream import TarFormatError, tar_files
 
 __all__ = ["DataError"]  # re-exported: callers catch engine.data.DataError
 
@@ -255,13 +255,10 @@ def shard_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
 def _shard_files(url: str) -> Iterator[dict[str, Any]]:
     with open_shard(url) as stream:
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
-                for member in tar:
-                    if member.isreg():
-                        data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                        yield {"fname": member.name, "data": data, "__url__": url}
-        except tarfile.TarError as exc:
-            raise DataError(f"shard {url} is not a readable tar file ({type(exc).__name__}: {exc}). "
+            for name, data in tar_files(stream):
+                yield {"fname": name, "data": data, "__url__": url}
+        except TarFormatError as exc:
+            raise DataError(f"shard {url} is not a readable tar file ({exc}). "
                             "Fix: re-create the shard set.") from None
 
 

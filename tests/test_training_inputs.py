@@ -39,6 +39,19 @@ def test_flip_crop_keeps_the_size_for_small_and_large_images():
         assert out.shape == image.shape and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
 
 
+def test_small_images_are_padded_with_zeros_and_cropped_back():
+    """flip_crop's one-copy crop is the textbook recipe: np.pad by 1/8, a random crop, a flip."""
+    image = np.random.default_rng(1).integers(1, 256, (16, 21, 3), dtype=np.uint8)
+    ours, textbook = random.Random(5), random.Random(5)
+    for _ in range(200):
+        pad = 2
+        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+        y, x = textbook.randint(0, 2 * pad), textbook.randint(0, 2 * pad)
+        crop = padded[y:y + 16, x:x + 21]
+        expected = crop[:, ::-1] if textbook.random() < 0.5 else crop
+        assert np.array_equal(flip_crop(image, ours), expected)
+
+
 def test_batchnorm_recompute_sets_the_statistics_of_the_given_samples():
     model = nn.Sequential(nn.BatchNorm2d(3))
     model[0].running_mean.fill_(5.0)  # stale statistics from other weights
