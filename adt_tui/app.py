@@ -215,6 +215,8 @@ class AdtApp(App[int]):
         self.started_fingerprint = self.sources.fingerprint
         self.now_fingerprint, self.stale_paths, self.stale_seen_at = None, [], None
         kwargs = {"python": self.python} if self.python else {}
+        if self.supervisor is not None:
+            self.supervisor.release()  # the job before (stopped for this restart) is over
         self.supervisor = Supervisor(config, **kwargs)
         self.config = config
         run_dir = self.supervisor.start()
@@ -316,6 +318,7 @@ class AdtApp(App[int]):
             self.finalized = True
             self._ingest(budget=None)
             sup.record_exits(run_ended=self.state.ended)
+            sup.release()
             self._ingest(budget=None)
             if self.watcher:
                 self.watcher.stop()

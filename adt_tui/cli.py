@@ -87,6 +87,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    help="push step k while step k+1 computes: hides the round trip, +1 staleness")
     p.add_argument("--ps-device", help="the parameter server's device: cpu, cuda or cuda:N")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the workers' model")
+    p.add_argument("--mps", action="store_true", default=None,
+                   help="workers sharing a GPU run side by side through the job's own NVIDIA MPS daemon")
     p.add_argument("--loader-workers", type=int, help="DataLoader processes per worker (0: inline)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--eval-every", type=int, help="validate every K updates (0: once per epoch)")
@@ -181,6 +183,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     plan = NodePlan(args.nnodes, args.node_rank, args.nproc_per_node, host, port, args.ifname).validate()
     config = config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items()
                                                     if k not in _LAUNCH_FLAGS}))
+    if config.mps:
+        raise ConfigError("mps", "is on, but torchrun starts this node's processes, not adt",
+                          "start MPS on each machine yourself (`nvidia-cuda-mps-control -d`), "
+                          "or use --mps with `adt run`")
     # Only node 0 has a run dir: other nodes' workers get the config from the PS.
     run_dir = prepare_run(config, plan, args.workers, sys.stdout) if plan.node_rank == 0 else None
     return launch(plan, run_dir, config.grace_period, dry_run=args.dry_run)

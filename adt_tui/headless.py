@@ -262,6 +262,7 @@ def start_holding_signals(supervisor: Supervisor) -> Path:
 def finish(supervisor: Supervisor, printer: Printer, interrupted: bool) -> int:
     """Record process exits (the PS is gone, so we are the writer now) and pick the exit code."""
     supervisor.record_exits(run_ended=printer.outcome is not None)
+    supervisor.release()
     main = supervisor.main_child()
     if printer.outcome is None and interrupted and (main is None or main.exit_code in (0, -signal.SIGTERM)):
         printer.line("run stopped while starting: nothing to save")  # before the PS could say so

@@ -21,7 +21,11 @@ def prepare_job(config: RunConfig, out: TextIO = sys.stdout,
     """
     from engine.models import model_builder
 
+    from .mps import require_mps
+
     model_builder(config.model)  # an unknown name or a user's file that will not import: before any data is made
+    if config.mps:
+        require_mps()
     if config.data == DEFAULT_DATA and not config.train_url and not Path(DEFAULT_DATA).exists():
         from engine.synth import write_synthetic
 

@@ -25,6 +25,8 @@ import psutil
 from engine.config import RunConfig
 from engine.listen import is_loopback
 
+from .mps import Mps, start_mps
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -70,6 +72,7 @@ class Supervisor:
         self.stopping = False
         self.attached = False  # True: another adt started this job; we only watch (and may stop) it
         self.restarts: dict[int, int] = {}  # worker -> times the job was restarted to bring it back
+        self.mps: Mps | None = None  # the job's own MPS daemon (--mps), kept across restarts
 
     @classmethod
     def attach(cls, run_dir: str | Path) -> Supervisor:
@@ -91,7 +94,7 @@ class Supervisor:
             role = "worker" if name.startswith("worker") else name
             worker = int(name[len("worker"):]) if role == "worker" else None
             child = Child(name, role, worker, None, run_dir / "logs" / f"{name}.log", pid)
-            child.exited = not _is_job_process(pid, run_dir)
+            child.exited = not is_job_process(pid, run_dir)
             sup.children.append(child)
         return sup
 
@@ -101,6 +104,8 @@ class Supervisor:
         cfg = self.config
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        if cfg.mps and self.mps is None:
+            self.mps = start_mps(self.run_dir, self.python)
         port = cfg.port or free_port(cfg.host)
         world = cfg.workers + 1
         self.children = []
@@ -116,6 +121,7 @@ class Supervisor:
     def _spawn(self, name: str, role: str, worker: int | None, env_extra: dict[str, str], port: int) -> None:
         env = dict(os.environ)
         env.update(env_extra)
+        env.update(self.mps.env if self.mps else {})
         env.update({
             "MASTER_ADDR": self.config.host,
             "MASTER_PORT": str(port),
@@ -156,7 +162,7 @@ class Supervisor:
                 if child.popen.poll() is not None:
                     child.exit_code, child.exited = child.popen.returncode, True
                     exited.append(child)
-            elif not _is_job_process(child.pid, self.run_dir):  # attached: not our child, no code
+            elif not is_job_process(child.pid, self.run_dir):  # attached: not our child, no code
                 child.exited = True
                 exited.append(child)
         return exited
@@ -225,6 +231,12 @@ class Supervisor:
         return True
 
     # --- stopping -------------------------------------------------------------------------
+    def release(self) -> None:
+        """The job is over (every child has exited): quit its MPS daemon, if it has one."""
+        if self.mps is not None:
+            self.mps.quit()
+            self.mps = None
+
     def stop(self, grace: float | None = None) -> None:
         """Graceful stop (SIGTERM: the PS writes a final checkpoint), then SIGKILL after `grace`."""
         self.stopping = True
@@ -286,7 +298,7 @@ def describe_exit(code: int | None) -> str:
     return "was killed" if code is not None and code < 0 else f"exited with code {code}"
 
 
-def _is_job_process(pid: int, run_dir: Path) -> bool:
+def is_job_process(pid: int, run_dir: Path) -> bool:
     """True if `pid` is alive and is an `engine.node` process of this run dir."""
     try:
         proc = psutil.Process(pid)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine: the engine-speed benchmark (docs/BENCHMARKS.md "Engine speed").
-# Usage: [VARIANTS=eager,compile] [WORKERS=0,2,4] bash bench/gpu_speed.sh OUTDIR [REPEATS] [--profile] [--mps]
+# Usage: [VARIANTS=eager,eager+mps,compile] [WORKERS=0,2,4] bash bench/gpu_speed.sh OUTDIR [REPEATS] [--profile]
+# A variant ending in +mps runs adt with --mps (the job's own NVIDIA MPS daemon).
 set -uo pipefail
 out=${1:?OUTDIR}; repeats=${2:-3}; mkdir -p "$out"
 variants=${VARIANTS:-eager,compile}; workers=${WORKERS:-0,2,4}
@@ -15,12 +16,7 @@ $B --workers "$workers" --transports flat --variants "$variants" --repeats "$rep
 python3 -m bench.loader --data /tmp/bench/data/synth-c200-s64-n60000 --processes 6,12 --seconds 4 2>&1 | tee "$out/loader.txt"
 if [[ " $* " == *" --profile "* ]]; then  # the single process of each variant, and eager N=2
   P="$B --transports flat --updates 80 --raw-steps 0 --out /tmp/bench/prof.json"
-  for v in ${variants//,/ }; do ADT_PROFILE="$out/prof-$v" $P --workers 0 --variants "$v" > /dev/null 2>&1; done
+  for v in $(tr , '\n' <<<"$variants" | grep -v mps); do ADT_PROFILE="$out/prof-$v" $P --workers 0 --variants "$v" > /dev/null 2>&1; done
   [[ $variants == *eager* ]] && ADT_PROFILE="$out/prof-eager" $P --workers 2 --variants eager > /dev/null 2>&1
-fi
-if [[ " $* " == *" --mps "* ]]; then  # N processes on one GPU through NVIDIA's Multi-Process Service
-  nvidia-cuda-mps-control -d && $B --workers "$workers" --transports flat --variants "$variants" --updates 220 \
-    --raw-steps 0 --out "$out/throughput-mps.json" 2>&1 | tail -8 | tee "$out/throughput-mps.txt"
-  echo quit | nvidia-cuda-mps-control
 fi
 ls -R "$out"

@@ -150,9 +150,11 @@ def print_table(rows: list[dict[str, Any]]) -> str:
     """One line per row: images/s (median and spread), x raw loop and x single process of the same
     variant, and adt's step-time breakdown."""
     def ref(variant: str, workers: Any) -> float | None:
+        if workers == "raw":
+            variant = variant.split("+")[0]  # eager+mps against the raw eager loop
         return next((r["images_per_s"] for r in rows if r["variant"] == variant and r["workers"] == workers), None)
 
-    head = (f"{'variant':>7} {'workers':>7} {'transport':>9} {'img/s':>9} {'spread':>13} {'x raw':>6} {'x base':>7} "
+    head = (f"{'variant':>11} {'workers':>7} {'transport':>9} {'img/s':>9} {'spread':>13} {'x raw':>6} {'x base':>7} "
             f"{'data':>11} {'compute':>11} "
             f"{'push+pull':>11} {'pull':>11} {'comm %':>7} {'apply':>7} {'MB/step':>8} {'val acc':>7}")
     lines = [head, "-" * len(head)]
@@ -164,14 +166,14 @@ def print_table(rows: list[dict[str, Any]]) -> str:
         raw, base = ref(r["variant"], "raw"), ref(r["variant"], 0)
         spread = "{:.0f}-{:.0f}".format(*r["spread"]) if r.get("spread") else "-"
         if r["workers"] == "raw":
-            lines.append(f"{r['variant']:>7} {'raw':>7} {'-':>9} {r['images_per_s']:>9.0f} {spread:>13} {1:>6.2f}")
+            lines.append(f"{r['variant']:>11} {'raw':>7} {'-':>9} {r['images_per_s']:>9.0f} {spread:>13} {1:>6.2f}")
             continue
         t = r["timing_ms"]
         x_raw = f"{r['images_per_s'] / raw:.2f}" if raw else "-"
         ratio = f"{r['images_per_s'] / base:.2f}" if base else "-"
         share = f"{100 * r['comm_share']:.1f}" if r["comm_share"] is not None and r["workers"] else "-"
         acc = f"{r['val_acc']:.3f}" if r["val_acc"] is not None else "-"
-        lines.append(f"{r['variant']:>7} {r['workers']:>7} {r['transport']:>9} {r['images_per_s']:>9.0f} "
+        lines.append(f"{r['variant']:>11} {r['workers']:>7} {r['transport']:>9} {r['images_per_s']:>9.0f} "
                      f"{spread:>13} {x_raw:>6} {ratio:>7} "
                      f"{cell(t['data']):>11} {cell(t['compute']):>11} {cell(t['push_pull']):>11} "
                      f"{cell(t['pull']):>11} {share:>7} {r['apply_ms'] or 0:>7.2f} "
@@ -213,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plain-updates", type=int, default=100, help="the plain transport is slow: fewer")
     p.add_argument("--train-samples", type=int, default=6000)
     p.add_argument("--val-samples", type=int, default=1000)
-    p.add_argument("--variants", default="eager", help="comma list of eager, compile (torch.compile)")
+    p.add_argument("--variants", default="eager", help="comma list of eager, compile (torch.compile), "
+                   "and either with +mps (the job's own MPS daemon: adt run --mps)")
     p.add_argument("--repeats", type=int, default=1, help="runs per row; the table shows the median and spread")
     p.add_argument("--raw-steps", type=int, default=200, help="timed steps of the raw loop (0: no raw rows)")
     p.add_argument("--overlap", action="store_true", help="push step k while step k+1 computes")
@@ -233,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs_dir=str(work / "runs"), checkpoints_dir=str(work / "checkpoints"), log_interval=1.0)
     rows = []
     for variant in args.variants.split(","):
-        compiled = variant == "compile"
-        if args.raw_steps:
+        compiled, mps = variant.startswith("compile"), variant.endswith("+mps")
+        if args.raw_steps and not mps:
             print(f"== {variant} raw loop", flush=True)
             rates = sorted(raw_loop(args.model, args.classes, args.image_size, args.batch, args.device,
                                     compiled, args.raw_steps) for _ in range(args.repeats))
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             for transport in (["flat"] if n == 0 else args.transports.split(",")):
                 updates = args.plain_updates if transport == "plain" else args.updates
                 print(f"== {variant} workers={n} transport={transport} updates={updates}", flush=True)
-                runs = [run_one({**base, "compile": compiled}, n, transport, updates, args.loader_total,
+                runs = [run_one({**base, "compile": compiled, "mps": mps}, n, transport, updates, args.loader_total,
                                 work / "logs") for _ in range(args.repeats)]
                 rows.append({**repeated(runs), "variant": variant})
                 print(print_table([r for r in rows if r["workers"] in ("raw", 0)] + rows[-1:]).splitlines()[-2],

@@ -72,6 +72,7 @@ class RunConfig:
     device: str = "cpu"  # the workers' (and the single process's) device
     ps_device: str = "cpu"  # the parameter server's; cuda puts the global model on a GPU
     compile: bool = False  # torch.compile the workers' model
+    mps: bool = False  # the job's processes share a GPU through NVIDIA MPS (adt_tui/mps.py)
     # evaluation, checkpoints, health
     eval_every: int = 0  # updates between validations; 0: once per epoch
     bn_recompute: int = 2048  # training samples to recompute BatchNorm statistics on before validating
@@ -164,6 +165,9 @@ class RunConfig:
             value = getattr(self, name)
             if value not in DEVICES and not (value.startswith("cuda:") and value[5:].isdigit()):
                 bad(name, f"is {value!r}", "use auto, cpu, cuda or cuda:N")
+        if self.mps and self.device == "cpu":
+            bad("mps", "is on, but device is 'cpu': MPS shares a GPU between processes",
+                "pass --device cuda, or leave out --mps")
         if self.transport not in TRANSPORTS:
             bad("transport", f"is {self.transport!r}", f"use one of {TRANSPORTS}")
         if self.transfer_dtype not in TRANSFER_DTYPES:

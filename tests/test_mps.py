@@ -1,0 +1,108 @@
+"""`--mps`: the job's own MPS daemon, started before its processes and gone after them.
+
+This machine has no GPU and no NVIDIA driver, so `nvidia-cuda-mps-control` here is a stand-in
+script on PATH that speaks the same command line (`-f` runs the daemon; `get_server_list` and
+`quit` on stdin, failing while no daemon runs). What is under test is adt's side: the keeper,
+the private pipe folder handed to the job's processes, and that nothing outlives the job. The
+real daemon runs under the GPU benchmark (bench/gpu_speed.sh).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .conftest import adt_command, child_env
+from .jobs import FAST, HeadlessJob, wait_for
+
+STAND_IN = f"""#!{sys.executable}
+import os, pathlib, sys, time
+folder = pathlib.Path(os.environ["CUDA_MPS_PIPE_DIRECTORY"])
+if sys.argv[1:] == ["-f"]:
+    with open(os.environ["MPS_STAND_IN_LOG"], "a") as log:
+        log.write(f"{{os.getpid()}} {{folder}}\\n")
+    (folder / "daemon").touch()
+    while not (folder / "quit").exists():
+        time.sleep(0.05)
+    sys.exit(0)
+if not (folder / "daemon").exists():
+    sys.exit("Cannot find MPS control daemon process")
+if sys.stdin.read().strip() == "quit":
+    (folder / "quit").touch()
+"""
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch) -> Path:
+    """Put the stand-in on PATH; returns the log of the daemons it started ("pid folder" lines)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "nvidia-cuda-mps-control"
+    script.write_text(STAND_IN)
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "daemons.log"
+    log.touch()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MPS_STAND_IN_LOG", str(log))
+    return log
+
+
+def daemons(log: Path) -> list[tuple[int, Path]]:
+    return [(int(pid), Path(folder)) for pid, folder in (line.split() for line in log.read_text().splitlines())]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def job_flags(data: Path, epochs: str) -> tuple[str, ...]:
+    # --device auto: the CPU here; on a GPU machine it would be the one the workers share.
+    return ("--data", str(data), "--mps", "--device", "auto", "--workers", "2", "--epochs", epochs, *FAST)
+
+
+def test_the_jobs_processes_get_the_daemon_and_it_is_gone_after_the_run(tiny_data, tmp_path, stand_in):
+    job = HeadlessJob(tmp_path, *job_flags(tiny_data, "1"))
+    job.wait_event("worker_metrics", 120)
+    [(daemon, folder)] = daemons(stand_in)
+    assert alive(daemon) and folder.is_dir()
+    for name, pid in job.pids().items():
+        env = psutil.Process(pid).environ()
+        assert env.get("CUDA_MPS_PIPE_DIRECTORY") == str(folder), name
+    assert job.wait(300) == 0, job.context()
+    assert not alive(daemon) and not folder.exists()
+
+
+def test_a_killed_runner_leaves_no_daemon_once_the_job_ends(tiny_data, tmp_path, stand_in):
+    job = HeadlessJob(tmp_path, *job_flags(tiny_data, "2"))
+    job.wait_event("worker_metrics", 120)
+    [(daemon, folder)] = daemons(stand_in)
+    pids = list(job.pids().values())
+    job.proc.send_signal(signal.SIGKILL)  # the job trains on without its runner
+    job.wait(30)
+    keeper = next(p for p in psutil.process_iter(["cmdline"]) if "adt_tui.mps" in (p.info["cmdline"] or []))
+    wait_for("the job to end on its own", lambda: not any(alive(p) for p in pids), 300, job.context)
+    wait_for("the keeper to quit the daemon", lambda: not alive(daemon), 60, job.context)
+    keeper.wait(30)
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("flags, why", [
+    (("--device", "auto"), "nvidia-cuda-mps-control` is not on PATH"),
+    (("--device", "cpu"), "device is 'cpu'"),
+])
+def test_mps_that_cannot_work_is_refused_before_anything_starts(tmp_path, flags, why):
+    done = subprocess.run(adt_command("run", "--no-ui", "--mps", *flags, "--runs-dir", str(tmp_path / "runs")),
+                          capture_output=True, text=True, env=child_env(), timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "'mps'" in done.stderr and why in done.stderr
+    assert not (tmp_path / "runs").exists()
