@@ -23,6 +23,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .config import RunConfig
 from .data import DataSpec, Split, decode_sample, reader_plan, resolve_data, shard_samples
 from .errors import DataError
@@ -139,6 +141,19 @@ def _reader_warnings(split: Split, readers: int, config: RunConfig) -> list[str]
     return []
 
 
+def _shared_gpu_warnings(config: RunConfig) -> list[str]:
+    """Workers that share a GPU without MPS take turns on it instead of running side by side."""
+    if config.mps or config.workers < 2 or config.device == "cpu" or not torch.cuda.is_available():
+        return []
+    gpus = 1 if config.device.startswith("cuda:") else torch.cuda.device_count()
+    if config.workers <= gpus:
+        return []
+    return [f"{config.workers} workers share {gpus} GPU{'s' if gpus > 1 else ''} without MPS, so they take "
+            "turns on it: 0.73x of one process with 2 workers on an H200, 1.01x with MPS "
+            "(docs/BENCHMARKS.md, Engine speed). Fix: add --mps (under torchrun: start "
+            "`nvidia-cuda-mps-control -d` on each machine)."]
+
+
 def preflight(config: RunConfig) -> PreflightReport:
     """Check the run's data end to end; raise DataError on the first problem, else report it."""
     start = time.monotonic()
@@ -170,6 +185,7 @@ def preflight(config: RunConfig) -> PreflightReport:
                                "lookahead and dc-asgd 24 points of final validation accuracy on the GPU "
                                "benchmark (docs/BENCHMARKS.md, Convergence). Drop --overlap, or use "
                                "--update-rule lookahead-damped (83% instead of 38% on the CPU benchmark).")
+    report.warnings += _shared_gpu_warnings(config)
     report.seconds = round(time.monotonic() - start, 3)
     report.model = check_model(config, len(classes), spec.image_size)
     report.listeners = run_listeners(config.host, config.port, config.workers)

@@ -56,9 +56,13 @@ class StepProfiler:
 
 
 def _busy_us(prof: profile) -> float:
-    """Time with at least one kernel or copy running on the GPU (the union of their intervals)."""
+    """Time with at least one kernel or copy running on the GPU (the union of their intervals).
+
+    Annotations (the profiler's own `ProfilerStep#N` spans the whole step on the GPU's timeline
+    too) are not work: counted, they made every step look 99% busy."""
     spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
-                   if e.device_type == DeviceType.CUDA)
+                   if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+                   and not e.name.startswith("ProfilerStep"))
     busy, reached = 0.0, float("-inf")
     for start, end in spans:
         busy += max(0.0, end - max(start, reached))
