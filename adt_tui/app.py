@@ -197,7 +197,11 @@ class AdtApp(App[int]):
     def on_mount(self) -> None:
         self.alert_bar.display = False
         if self.config is not None:
-            self.start_job(self.config)
+            try:
+                self.start_job(self.config)
+            except ConfigError as exc:  # --mps: the job's MPS daemon did not start
+                self.exit(return_code=2, message=str(exc))
+                return
         else:
             self._open_run(self.supervisor.run_dir)  # type: ignore[union-attr]
             if self.job_running():
@@ -607,10 +611,10 @@ class AdtApp(App[int]):
                 how = "resume"
             try:
                 config = self._next_config(how)
-            except ConfigError as exc:  # the config file was changed into something invalid
+                self.start_job(config)
+            except ConfigError as exc:  # the config file was changed into something invalid, or --mps failed
                 self.notify(str(exc), title="not restarted", severity="error", timeout=15, markup=False)
                 return
-            self.start_job(config)
             self.supervisor.restarts = restarts  # type: ignore[union-attr]
             self.tick()
 

@@ -11,6 +11,7 @@ A CUDA process that cannot reach the daemon runs as it would without MPS.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -77,7 +78,7 @@ def keep(run_dir: Path, folder: Path) -> int:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     with open(run_dir / "logs" / "mps.log", "ab") as log:
         daemon = subprocess.Popen([CONTROL, "-f"], env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT)
+                                  stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     try:
         problem = _wait_until_answering(daemon, env)
         print(problem or "ready", flush=True)
@@ -96,6 +97,12 @@ def keep(run_dir: Path, folder: Path) -> int:
                 daemon.kill()
                 daemon.wait()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the daemon before it starts: SIGTERM when its keeper dies, even of SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def _wait_until_answering(daemon: subprocess.Popen, env: dict[str, str]) -> str:

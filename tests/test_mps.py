@@ -26,6 +26,8 @@ STAND_IN = f"""#!{sys.executable}
 import os, pathlib, sys, time
 folder = pathlib.Path(os.environ["CUDA_MPS_PIPE_DIRECTORY"])
 if sys.argv[1:] == ["-f"]:
+    if os.environ.get("MPS_STAND_IN_BROKEN"):
+        sys.exit(3)  # as a daemon that cannot start (e.g. the GPU is in exclusive mode)
     with open(os.environ["MPS_STAND_IN_LOG"], "a") as log:
         log.write(f"{{os.getpid()}} {{folder}}\\n")
     (folder / "daemon").touch()
@@ -37,6 +39,11 @@ if not (folder / "daemon").exists():
 if sys.stdin.read().strip() == "quit":
     (folder / "quit").touch()
 """
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 @pytest.fixture
@@ -96,6 +103,17 @@ def test_a_killed_runner_leaves_no_daemon_once_the_job_ends(tiny_data, tmp_path,
     assert not folder.exists()
 
 
+def test_a_killed_keeper_takes_its_daemon_along(tiny_data, tmp_path, stand_in):
+    job = HeadlessJob(tmp_path, *job_flags(tiny_data, "200"))
+    job.wait_event("worker_metrics", 120)
+    [(daemon, _)] = daemons(stand_in)
+    keeper = next(p for p in psutil.Process(job.proc.pid).children() if "adt_tui.mps" in p.cmdline())
+    keeper.kill()
+    wait_for("the daemon to follow its keeper", lambda: not alive(daemon), 60, job.context)
+    job.proc.send_signal(signal.SIGINT)  # the job itself goes on until stopped, as a Ctrl+C does
+    assert job.wait(120) == 130, job.context()
+
+
 @pytest.mark.parametrize("flags, why", [
     (("--device", "auto"), "nvidia-cuda-mps-control` is not on PATH"),
     (("--device", "cpu"), "device is 'cpu'"),
@@ -106,3 +124,28 @@ def test_mps_that_cannot_work_is_refused_before_anything_starts(tmp_path, flags,
     assert done.returncode == 2, done.stdout + done.stderr
     assert "'mps'" in done.stderr and why in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_daemon_that_does_not_start_fails_the_run_before_training(tiny_data, tmp_path, stand_in, monkeypatch):
+    monkeypatch.setenv("MPS_STAND_IN_BROKEN", "1")
+    done = subprocess.run(adt_command("run", "--no-ui", *job_flags(tiny_data, "1"), "--runs-dir", str(tmp_path / "runs")),
+                          capture_output=True, text=True, env=child_env(), timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "'mps'" in done.stderr and "nvidia-cuda-mps-control -f exited with code 3" in done.stderr
+    [run_dir] = (tmp_path / "runs").iterdir()
+    assert not (run_dir / "pids.json").exists()  # no process of the job was started
+
+
+@pytest.mark.anyio
+async def test_the_monitor_says_why_and_exits_2_when_the_daemon_does_not_start(tiny_data, tmp_path, stand_in,
+                                                                                monkeypatch):
+    from adt_tui.app import AdtApp
+
+    from .conftest import tiny_config
+
+    monkeypatch.setenv("MPS_STAND_IN_BROKEN", "1")
+    app = AdtApp(tiny_config(tiny_data, tmp_path, mps=True, device="auto"), source_dirs=[tmp_path / "src"])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+    assert app.return_code == 2
+    assert app.supervisor is not None and not app.supervisor.children
