@@ -147,3 +147,21 @@ def no_partial_files(directory: Path) -> list[str]:
     """Temp files a checkpoint writer left behind (there should be none)."""
     return [p.name for p in directory.glob(".*.tmp")] if directory.exists() else []
 
+
+def hold_worker0_in_the_barrier(supervisor: Any, context: Callable[[], str] = str) -> None:
+    """With a started 2-worker job: let both workers train, stop worker 1 (SIGSTOP), and wait
+    until worker 0 waits for it at the epoch barrier (the RPC that has no timeout)."""
+    import os
+    import signal
+
+    events = supervisor.run_dir / "events.jsonl"
+    wait_for("both workers to train", lambda: {e["worker"] for e in events_of(events, "worker_metrics")}
+             >= {0, 1}, 120, context)
+    os.kill(next(c.pid for c in supervisor.children if c.name == "worker1"), signal.SIGSTOP)
+
+    def worker0_waits() -> bool:  # it reports every 0.5 s while it trains
+        mine = [e for e in events_of(events, "worker_metrics") if e["worker"] == 0]
+        return time.time() - mine[-1]["t"] > 3
+
+    wait_for("worker 0 to wait in the epoch barrier", worker0_waits, 60, context)
+

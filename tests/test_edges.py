@@ -23,7 +23,15 @@ import pytest
 from adt_tui.supervisor import Supervisor, free_port, kill_all
 
 from .conftest import ROOT, child_env, tiny_config
-from .jobs import FAST, HeadlessJob, events_of, latency, spawn_node, wait_for
+from .jobs import (
+    FAST,
+    HeadlessJob,
+    events_of,
+    hold_worker0_in_the_barrier,
+    latency,
+    spawn_node,
+    wait_for,
+)
 
 JOIN = 5.0  # --join-timeout of the cases that run into it
 
@@ -200,15 +208,7 @@ def test_epoch_barrier_gives_up_on_a_ps_that_stops_answering(tiny_data, tmp_path
     events = run_dir / "events.jsonl"
     ps, w0, w1 = (next(c for c in supervisor.children if c.name == n) for n in ("ps", "worker0", "worker1"))
     try:
-        wait_for("both workers to train", lambda: {e["worker"] for e in events_of(events, "worker_metrics")}
-                 >= {0, 1}, 120, lambda: logs(run_dir))
-        os.kill(w1.pid, signal.SIGSTOP)
-
-        def worker0_waits() -> bool:  # it reports every 0.5 s while it trains
-            mine = [e for e in events_of(events, "worker_metrics") if e["worker"] == 0]
-            return time.time() - mine[-1]["t"] > 3
-
-        wait_for("worker 0 to wait in the epoch barrier", worker0_waits, 60, lambda: logs(run_dir))
+        hold_worker0_in_the_barrier(supervisor, lambda: logs(run_dir))
         os.kill(ps.pid, signal.SIGSTOP)
         partitioned = time.monotonic()
         assert not [e for e in events_of(events, "alert") if e["code"] == "worker_silent"], \

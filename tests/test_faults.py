@@ -33,7 +33,14 @@ from engine.config import RunConfig
 from engine.models import build_model
 
 from .conftest import adt_command, child_env, tiny_config
-from .jobs import FAST, HeadlessJob, events_of, latency, no_partial_files, wait_for
+from .jobs import (
+    FAST,
+    HeadlessJob,
+    hold_worker0_in_the_barrier,
+    latency,
+    no_partial_files,
+    wait_for,
+)
 
 
 # --- processes dying -----------------------------------------------------------------------------
@@ -64,19 +71,10 @@ def test_sigkill_of_the_ps_makes_workers_exit_with_a_clear_error(tiny_data, tmp_
     when the PS dies: both must notice by themselves and exit 1, not hang."""
     config = tiny_config(tiny_data, tmp_path, epochs=50, batch_size=16, worker_timeout=300.0)
     supervisor = Supervisor(config)
-    run_dir = supervisor.start()
-    events = run_dir / "events.jsonl"
+    supervisor.start()
     ps, w0, w1 = (next(c for c in supervisor.children if c.name == n) for n in ("ps", "worker0", "worker1"))
     try:
-        wait_for("both workers to train", lambda: {e["worker"] for e in events_of(events, "worker_metrics")}
-                 >= {0, 1}, 120)
-        os.kill(w1.pid, signal.SIGSTOP)
-
-        def worker0_quiet() -> bool:  # it reports every 0.5 s while it trains
-            mine = [e for e in events_of(events, "worker_metrics") if e["worker"] == 0]
-            return time.time() - mine[-1]["t"] > 3
-
-        wait_for("worker 0 to block in the epoch barrier", worker0_quiet, 60)
+        hold_worker0_in_the_barrier(supervisor)
         os.kill(ps.pid, signal.SIGKILL)
         killed = time.monotonic()
         wait_for("worker 0 to exit", lambda: w0.popen.poll() is not None, 60)

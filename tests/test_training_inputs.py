@@ -73,7 +73,7 @@ def test_batchnorm_samples_come_from_loader_processes_and_are_the_same_each_time
 
     def head(version: int) -> list[bytes]:
         stream.set_epoch(version)
-        images = [batch[0] for _, batch in zip(range(4), make_loader(Head(stream), 2))]
+        images = [batch[0] for _, batch in zip(range(4), make_loader(Head(stream), 2), strict=False)]
         return [image.numpy().tobytes() for image in torch.cat(images)]
 
     first = head(7)
