@@ -54,7 +54,7 @@ def _parse(header: bytes) -> tuple[str, int, bytes]:
     if stored != sum(header) - sum(header[148:156]) + 8 * ord(" "):
         raise TarFormatError("a header's checksum does not match")
     name = header[:100].split(b"\0", 1)[0]
-    if header[257:262] == b"ustar" and header[345]:
+    if header[257:263] == b"ustar\0" and header[345]:  # POSIX only: GNU keeps other fields there
         name = header[345:500].split(b"\0", 1)[0] + b"/" + name
     return name.decode("utf-8", "replace"), _number(header[124:136]), header[156:157]
 
