@@ -78,7 +78,7 @@ def job_flags(data: Path, epochs: str) -> tuple[str, ...]:
 
 
 def test_the_jobs_processes_get_the_daemon_and_it_is_gone_after_the_run(tiny_data, tmp_path, stand_in):
-    job = HeadlessJob(tmp_path, *job_flags(tiny_data, "3")  # long enough to read the environments)
+    job = HeadlessJob(tmp_path, *job_flags(tiny_data, "3"))  # long enough to read the environments
     job.wait_event("worker_metrics", 120)
     [(daemon, folder)] = daemons(stand_in)
     assert alive(daemon) and folder.is_dir()
