@@ -1,7 +1,7 @@
 """The files of a tar stream, read in one pass: (name, bytes) of each regular file.
 
 Python's tarfile parses every 512-byte header in Python (about 25 µs a member, two members a
-sample); at 64 px that was a fifth of a loader process's time per image. This reader handles the
+sample); at 64 px that was over a quarter of a loader process's time. This reader handles the
 formats shard writers produce: ustar and GNU (long names), pax (long names); compressed shards
 fall back to tarfile.
 """
