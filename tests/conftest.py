@@ -1,9 +1,10 @@
-"""Shared fixtures: tiny data made by the tests, and a guard that no child process outlives a test."""
+"""Shared fixtures: tiny data made by the tests, and guards that no process outlives a test."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -53,3 +54,26 @@ def no_orphans():
     kill_all(left)
     alive = [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"test left child processes behind: {[p.pid for p in left]} (alive now: {alive})"
+
+
+@pytest.fixture
+def leftover_guard(tmp_path: Path) -> Iterator[Callable[[], list[psutil.Process]]]:
+    """Lists this test's live processes; kills any left at the end, even when the test failed.
+
+    Found by the test's tmp_path (run dir, stand-in programs) on their command line, so a process
+    that lost its parent (a killed runner's job, a daemon) is found too.
+    """
+    marker = str(tmp_path)
+
+    def find() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(marker in part for part in proc.info.get("cmdline") or []):
+                found.append(proc)
+        return found
+
+    def live() -> list[psutil.Process]:
+        return [p for p in find() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    yield live
+    kill_all(find())

@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 from textual.pilot import Pilot
 
 from adt_tui.app import AdtApp, fingerprint
 from adt_tui.panels import AlertBar
-from adt_tui.supervisor import kill_all
 from engine.config import RunConfig
 
 from .conftest import tiny_config
@@ -35,28 +33,6 @@ def anyio_backend() -> str:
 def monitor_config(tiny_data: Path, tmp_path: Path) -> RunConfig:
     """A job that trains until stopped (many epochs), reports often, and stops fast."""
     return tiny_config(tiny_data, tmp_path, epochs=200, grace_period=8.0, log_interval=0.3, lr=0.02)
-
-
-@pytest.fixture
-def leftover_guard(tmp_path: Path) -> Iterator[Callable[[], list[psutil.Process]]]:
-    """Lists this test's live job processes; kills any left at the end, even when the test failed.
-
-    Found by the run dir on their command line, so a process that lost its parent is found too.
-    """
-    marker = str(tmp_path)
-
-    def find() -> list[psutil.Process]:
-        found = []
-        for proc in psutil.process_iter(["cmdline"]):
-            if any(marker in part for part in proc.info.get("cmdline") or []):
-                found.append(proc)
-        return found
-
-    def live() -> list[psutil.Process]:
-        return [p for p in find() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-
-    yield live
-    kill_all(find())
 
 
 async def wait_for(pilot: Pilot, what: str, cond: Callable[[], bool], timeout: float = 45) -> float:

@@ -77,7 +77,7 @@ def job_flags(data: Path, epochs: str) -> tuple[str, ...]:
     return ("--data", str(data), "--mps", "--device", "auto", "--workers", "2", "--epochs", epochs, *FAST)
 
 
-def test_the_jobs_processes_get_the_daemon_and_it_is_gone_after_the_run(tiny_data, tmp_path, stand_in):
+def test_the_jobs_processes_get_the_daemon_and_it_is_gone_after_the_run(tiny_data, tmp_path, stand_in, leftover_guard):
     job = HeadlessJob(tmp_path, *job_flags(tiny_data, "3"))  # long enough to read the environments
     job.wait_event("worker_metrics", 120)
     [(daemon, folder)] = daemons(stand_in)
@@ -87,9 +87,10 @@ def test_the_jobs_processes_get_the_daemon_and_it_is_gone_after_the_run(tiny_dat
         assert env.get("CUDA_MPS_PIPE_DIRECTORY") == str(folder), name
     assert job.wait(300) == 0, job.context()
     assert not alive(daemon) and not folder.exists()
+    assert leftover_guard() == []
 
 
-def test_a_killed_runner_leaves_no_daemon_once_the_job_ends(tiny_data, tmp_path, stand_in):
+def test_a_killed_runner_leaves_no_daemon_once_the_job_ends(tiny_data, tmp_path, stand_in, leftover_guard):
     job = HeadlessJob(tmp_path, *job_flags(tiny_data, "2"))
     job.wait_event("worker_metrics", 120)
     [(daemon, folder)] = daemons(stand_in)
@@ -101,9 +102,10 @@ def test_a_killed_runner_leaves_no_daemon_once_the_job_ends(tiny_data, tmp_path,
     wait_for("the keeper to quit the daemon", lambda: not alive(daemon), 60, job.context)
     keeper.wait(30)
     assert not folder.exists()
+    assert leftover_guard() == []
 
 
-def test_a_killed_keeper_takes_its_daemon_along(tiny_data, tmp_path, stand_in):
+def test_a_killed_keeper_takes_its_daemon_along(tiny_data, tmp_path, stand_in, leftover_guard):
     job = HeadlessJob(tmp_path, *job_flags(tiny_data, "200"))
     job.wait_event("worker_metrics", 120)
     [(daemon, _)] = daemons(stand_in)
@@ -112,6 +114,17 @@ def test_a_killed_keeper_takes_its_daemon_along(tiny_data, tmp_path, stand_in):
     wait_for("the daemon to follow its keeper", lambda: not alive(daemon), 60, job.context)
     job.proc.send_signal(signal.SIGINT)  # the job itself goes on until stopped, as a Ctrl+C does
     assert job.wait(120) == 130, job.context()
+    assert leftover_guard() == []
+
+
+def test_ctrl_c_while_the_job_starts_leaves_nothing(tiny_data, tmp_path, stand_in, leftover_guard):
+    job = HeadlessJob(tmp_path, *job_flags(tiny_data, "200"))
+    wait_for("the daemon to start", lambda: daemons(stand_in), 120, job.context)
+    job.proc.send_signal(signal.SIGINT)  # the runner is between the daemon and the job's processes
+    code = job.wait(120)
+    [(daemon, folder)] = daemons(stand_in)
+    wait_for("every process of the job to end", lambda: leftover_guard() == [], 60, job.context)
+    assert code == 130 and not alive(daemon) and not folder.exists(), job.context()
 
 
 @pytest.mark.parametrize("flags, why", [
