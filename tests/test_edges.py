@@ -4,7 +4,7 @@ it dies, and Ctrl+C at any moment, imports included, exits quietly.
 Real processes throughout; every wait is on a condition (a log line, an event, a process gone)
 with a generous deadline, and the times measured are reported through `latency`. A process whose
 parent was killed here is no longer our child, so conftest's `no_orphans` cannot see it: these
-tests look for what is left of a run by its run directory (`left_of`).
+tests look for what is left of a run by their tmp_path (conftest's `leftover_guard`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from adt_tui.supervisor import Supervisor, free_port, kill_all
+from adt_tui.supervisor import Supervisor, free_port
 
 from .conftest import ROOT, child_env, tiny_config
 from .jobs import (
@@ -53,16 +52,6 @@ def log_of(run_dir: Path, name: str) -> str:
 def logs(run_dir: Path) -> str:
     return "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')}"
                    for p in sorted((run_dir / "logs").glob("*.log")))
-
-
-def left_of(run_dir: Path) -> list[psutil.Process]:
-    """Live processes of this run, wherever their parent went."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if str(run_dir) in cmdline and "engine.node" in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(proc)
-    return found
 
 
 def loading_torch(pid: int) -> bool:
@@ -112,21 +101,18 @@ def test_worker_whose_ps_never_comes_exits_after_the_join_timeout(tiny_data, tmp
     assert "Traceback" not in text
 
 
-def test_workers_killed_before_joining_leave_no_ps_waiting(tiny_data, tmp_path, record_property):
+def test_workers_killed_before_joining_leave_no_ps_waiting(tiny_data, tmp_path, record_property, leftover_guard):
     """The issue's case: the runner and both workers SIGKILLed as the job starts (a dying terminal,
     the OOM killer); the PS, alone and nobody's child, must end by itself."""
     job = HeadlessJob(tmp_path, "--data", str(tiny_data), "--join-timeout", str(JOIN), *FAST)
-    try:
-        pids = job.pids()
-        for pid in (job.proc.pid, pids["worker0"], pids["worker1"]):
-            os.kill(pid, signal.SIGKILL)
-        killed = time.monotonic()
-        job.wait(30)
-        wait_for("the PS to exit on its own", lambda: not left_of(job.run_dir), 180, job.context)
-        latency(record_property, f"workers killed before joining -> PS gone (--join-timeout {JOIN:g})",
-                time.monotonic() - killed)
-    finally:
-        kill_all(left_of(job.run_dir))
+    pids = job.pids()
+    for pid in (job.proc.pid, pids["worker0"], pids["worker1"]):
+        os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    job.wait(30)
+    wait_for("the PS to exit on its own", lambda: not leftover_guard(), 180, job.context)
+    latency(record_property, f"workers killed before joining -> PS gone (--join-timeout {JOIN:g})",
+            time.monotonic() - killed)
     end = job.events("run_end")[-1]
     assert end["outcome"] == "failed", job.context()
     assert "worker0 and worker1 never joined" in end["message"]
@@ -227,30 +213,27 @@ def test_epoch_barrier_gives_up_on_a_ps_that_stops_answering(tiny_data, tmp_path
 
 # --- a stop finishes without whoever asked for it -------------------------------------------
 @pytest.mark.parametrize("phase", ["starting", "training"])
-def test_stop_finishes_when_the_runner_dies_mid_stop(phase, tiny_data, tmp_path, record_property):
+def test_stop_finishes_when_the_runner_dies_mid_stop(phase, tiny_data, tmp_path, record_property, leftover_guard):
     """Ctrl+C to `adt run --no-ui`, then the runner is SIGKILLed before its grace period ends (the
     monitor's terminal closed mid-stop is the same): every process still ends by itself, well
     before the --join-timeout (300 s) that would otherwise end a PS still waiting for workers."""
     grace = 10.0
     job = HeadlessJob(tmp_path, "--data", str(tiny_data), "--epochs", "50", "--grace-period", str(grace), *FAST)
-    try:
-        if phase == "starting":  # the PS waits in its rendezvous; the workers still start
-            wait_for("the PS's rendezvous", lambda: "store listens" in log_of(job.run_dir, "ps"), 120,
-                     job.context)
-        else:
-            job.wait_event("worker_metrics", 120, lambda e: e["worker"] == 1)
-            job.wait_event("worker_metrics", 120, lambda e: e["worker"] == 0)
-        job.proc.send_signal(signal.SIGINT)
-        asked = time.monotonic()
-        wait_for("the runner to start stopping", lambda: any(line.startswith("stopping") for line in job.lines),
-                 60, job.context)
-        job.proc.kill()
-        job.wait(30)
-        wait_for("every process of the run to end", lambda: not left_of(job.run_dir), grace + 60, job.context)
-        latency(record_property, f"stop requested ({phase}), runner killed -> every process gone",
-                time.monotonic() - asked)
-    finally:
-        kill_all(left_of(job.run_dir))
+    if phase == "starting":  # the PS waits in its rendezvous; the workers still start
+        wait_for("the PS's rendezvous", lambda: "store listens" in log_of(job.run_dir, "ps"), 120,
+                 job.context)
+    else:
+        job.wait_event("worker_metrics", 120, lambda e: e["worker"] == 1)
+        job.wait_event("worker_metrics", 120, lambda e: e["worker"] == 0)
+    job.proc.send_signal(signal.SIGINT)
+    asked = time.monotonic()
+    wait_for("the runner to start stopping", lambda: any(line.startswith("stopping") for line in job.lines),
+             60, job.context)
+    job.proc.kill()
+    job.wait(30)
+    wait_for("every process of the run to end", lambda: not leftover_guard(), grace + 60, job.context)
+    latency(record_property, f"stop requested ({phase}), runner killed -> every process gone",
+            time.monotonic() - asked)
     end = job.events("run_end")[-1]
     assert end["outcome"] == "stopped", job.context()
     assert "Traceback" not in logs(job.run_dir)
@@ -328,7 +311,7 @@ def test_ctrl_c_while_a_command_imports_exits_130_with_one_line(command, module,
     assert output.splitlines() == ["adt: interrupted"], output
 
 
-def test_ctrl_c_while_torch_loads_in_a_run_exits_quietly(tiny_data, tmp_path):
+def test_ctrl_c_while_torch_loads_in_a_run_exits_quietly(tiny_data, tmp_path, leftover_guard):
     job = HeadlessJob(tmp_path, "--data", str(tiny_data), *FAST)
     wait_for("torch to load", lambda: loading_torch(job.proc.pid), 120, job.context)
     job.proc.send_signal(signal.SIGINT)
@@ -337,16 +320,16 @@ def test_ctrl_c_while_torch_loads_in_a_run_exits_quietly(tiny_data, tmp_path):
     assert job.lines[-1] in ("adt: interrupted", "run stopped while starting: nothing to save") \
         or job.lines[-1].startswith("run stopped: "), job.output
     if job.run_dir.exists():
-        wait_for("every process of the run to end", lambda: not left_of(job.run_dir), 60, job.context)
+        wait_for("every process of the run to end", lambda: not leftover_guard(), 60, job.context)
 
 
-def test_ctrl_c_once_the_run_dir_appears_stops_everything_quietly(tiny_data, tmp_path):
+def test_ctrl_c_once_the_run_dir_appears_stops_everything_quietly(tiny_data, tmp_path, leftover_guard):
     """The run's processes are being started, or are importing torch: they are stopped at once."""
     job = HeadlessJob(tmp_path, "--data", str(tiny_data), *FAST)
     wait_for("the run dir", job.run_dir.exists, 120, job.context)
     job.proc.send_signal(signal.SIGINT)
     assert job.wait(60) == 130, job.context()
-    wait_for("every process of the run to end", lambda: not left_of(job.run_dir), 60, job.context)
+    wait_for("every process of the run to end", lambda: not leftover_guard(), 60, job.context)
     assert "Traceback" not in job.output + logs(job.run_dir), job.context()
     assert sum(line.startswith("stopping") for line in job.lines) == 1, job.output
     assert job.lines[-1].startswith("run stopped"), job.output
