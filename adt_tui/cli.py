@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.config import DEFAULT_DATA, ConfigError, RunConfig, build_config
+from engine.config import DEFAULT_DATA, UPDATE_RULES, ConfigError, RunConfig, build_config
 from engine.errors import CheckpointError, DataError
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
@@ -73,9 +73,10 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing, e.g. 0.1")
     p.add_argument("--augment", help="training augmentation: flip-crop (random crop + flip) or none")
-    p.add_argument("--workers", type=int, help="worker processes; 0 trains in one process, no RPC")
-    p.add_argument("--update-rule", help="how the PS applies pushes: lookahead, dc-asgd, "
-                   "async-momentum, lr/staleness, sgd or local-sgd (README: Learning as well as one process)")
+    p.add_argument("--workers", type=int, help="worker processes; 0 trains in one process, no RPC "
+                   "(default: one per GPU with 2+ GPUs, one process on one GPU, 2 on the CPU)")
+    p.add_argument("--update-rule", help=f"how the PS applies pushes: {', '.join(UPDATE_RULES)} "
+                   "(README: Learning as well as one process)")
     p.add_argument("--local-steps", type=int, help="local-sgd: worker steps between exchanges")
     p.add_argument("--outer-lr", type=float, help="local-sgd: the PS's step size on a worker's delta")
     p.add_argument("--outer-momentum", type=float, help="local-sgd: the PS's Nesterov momentum")
@@ -85,12 +86,15 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", help="flat (one buffer per message) or plain (per-parameter; for comparison)")
     p.add_argument("--overlap", action="store_true", default=None,
                    help="push step k while step k+1 computes: hides the round trip, +1 staleness")
-    p.add_argument("--ps-device", help="the parameter server's device: cpu, cuda or cuda:N")
+    p.add_argument("--ps-device", help="the parameter server's device: auto (default: a spare GPU, "
+                   "else worker 0's; the CPU without GPUs), cpu, cuda or cuda:N")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the workers' model")
     p.add_argument("--mps", action="store_true", default=None,
                    help="workers sharing a GPU run side by side through the job's own NVIDIA MPS daemon")
-    p.add_argument("--loader-workers", type=int, help="DataLoader processes per worker (0: inline)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--loader-workers", type=int, help="DataLoader processes per training process "
+                   "(0: inline; default: the spare cores split over the GPU processes, 1 on the CPU)")
+    p.add_argument("--device", help="the workers' device: auto (default: the GPUs when present, "
+                   "worker k on GPU k mod G), cpu, cuda or cuda:N")
     p.add_argument("--eval-every", type=int, help="validate every K updates (0: once per epoch)")
     p.add_argument("--bn-recompute", type=int, help="training samples to recompute BatchNorm "
                    "statistics on before each validation (0: average the workers' statistics)")

@@ -37,6 +37,8 @@ class Printer:
         self.last_plain = 0.0
         self.bar_open = False
         self.outcome: str | None = None
+        self.progress: dict[str, Any] | None = None  # the latest ps_metrics: where the run was
+        self.last_checkpoint: dict[str, Any] | None = None
         self.curves = Curves()  # the monitor's fold: the closing summary reads it
 
     def line(self, text: str) -> None:
@@ -61,6 +63,7 @@ class Printer:
             self.line(f"worker {e['worker']} joined (pid {e['pid']}, {e['device']}, "
                       f"{len(e['shards'])} shards)")
         elif kind == "ps_metrics":
+            self.progress = e
             self._progress(e)
         elif kind == "validation":
             self.line(f"validation @ version {e['version']}: loss {_num(e['loss'])}, "
@@ -69,6 +72,7 @@ class Printer:
             self.epoch_base = e["samples_seen"]
             self.line(f"epoch {min(e['epoch'] + 1, self.epochs)}/{self.epochs} done at version {e['version']}")
         elif kind == "checkpoint":
+            self.last_checkpoint = e
             self.line(f"checkpoint {e['tag']}: {e['path']}")
         elif kind == "alert":
             self.line(f"{e['level'].upper()}: {e['message']}")
@@ -265,7 +269,7 @@ def finish(supervisor: Supervisor, printer: Printer, interrupted: bool) -> int:
     supervisor.release()
     main = supervisor.main_child()
     if printer.outcome is None and interrupted and (main is None or main.exit_code in (0, -signal.SIGTERM)):
-        printer.line("run stopped while starting: nothing to save")  # before the PS could say so
+        printer.line(stopped_where(printer))  # the PS could not say so itself
     elif printer.outcome is None:
         printer.line(f"run failed: {main.name} exited with code {main.exit_code} before the run "
                      f"ended; see {main.log_path}")
@@ -277,6 +281,18 @@ def finish(supervisor: Supervisor, printer: Printer, interrupted: bool) -> int:
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if printer.outcome == "finished" else EXIT_FAILED
+
+
+def stopped_where(printer: Printer) -> str:
+    """Where a run stopped before its PS wrote `run_end`: still starting, or how far it got."""
+    seen = printer.progress
+    if seen is None or not seen["version"]:
+        return "run stopped while starting: nothing to save"
+    saved = printer.last_checkpoint
+    kept = (f"its last checkpoint {saved['path']} holds version {saved['version']}" if saved
+            else "no checkpoint was written")
+    return (f"run stopped at version {seen['version']} (epoch {seen['epoch'] + 1}) before the PS "
+            f"wrote its end; {kept}")
 
 
 def _log_tail(path: Path, lines: int = 6) -> str:

@@ -12,10 +12,12 @@ from engine.config import DEFAULT_DATA, ConfigError, RunConfig
 
 
 def prepare_job(config: RunConfig, out: TextIO = sys.stdout,
-                listeners: list[str] | None = None) -> None:
-    """Create the built-in data on first use, check the data, a resume target and the port.
+                listeners: list[str] | None = None, local_workers: int | None = None) -> None:
+    """Place the job's processes, create the built-in data on first use, check the data, a resume
+    target and the port.
 
-    Prints the data report and where the job will listen (`listeners`, else `adt run`'s).
+    Prints the data report, the placement and where the job will listen (`listeners`, else
+    `adt run`'s). `local_workers`: this machine's workers when the job spans machines.
 
     Raises ConfigError, DataError or CheckpointError (all exit code 2) before anything runs.
     """
@@ -34,7 +36,7 @@ def prepare_job(config: RunConfig, out: TextIO = sys.stdout,
         write_synthetic(DEFAULT_DATA)
     from engine.preflight import preflight
 
-    report = preflight(config)  # which data is it really reading: printed before anything starts
+    report = preflight(config, local_workers)  # which data is it really reading: printed before anything starts
     if listeners is not None:
         report.listeners = listeners
     print("\n".join(report.lines()), file=out, flush=True)

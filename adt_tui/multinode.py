@@ -126,7 +126,9 @@ def prepare_run(config: RunConfig, plan: NodePlan, workers_flag: int | None, out
                           f"--nproc-per-node {plan.nproc_per_node} makes {workers} workers "
                           "(global rank 0 is the PS)", "drop --workers or change --nproc-per-node")
     config.workers = workers
-    prepare_job(config, out, listeners=[])  # data and resume checks; launch() says what listens
+    # Data and resume checks, and node 0's placement (its local rank 0 is the PS); launch() says
+    # what listens. Other nodes place their workers from the config they get from the PS.
+    prepare_job(config, out, listeners=[], local_workers=plan.nproc_per_node - 1)
     config.run_id = config.run_id or new_run_id()
     run_dir = Path(config.runs_dir).resolve() / config.run_id
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)

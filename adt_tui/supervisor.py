@@ -126,9 +126,6 @@ class Supervisor:
             "MASTER_ADDR": self.config.host,
             "MASTER_PORT": str(port),
             "PYTHONUNBUFFERED": "1",
-            # RPC device maps are fixed when a process joins, before it can ask the PS for the config.
-            "ADT_DEVICE": self.config.device,
-            "ADT_PS_DEVICE": self.config.ps_device,
             # PyTorch would otherwise use every core in every process; N processes share them.
             "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),

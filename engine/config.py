@@ -22,6 +22,7 @@ DEVICES = ("auto", "cpu", "cuda")
 TRANSFER_DTYPES = ("fp32", "bf16")
 TRANSPORTS = ("flat", "plain")
 DEFAULT_DATA = "data/synthetic"
+AUTO = -1  # workers, loader_workers: decided by the placement (engine/placement.py) at the edge
 
 
 class ConfigError(ValueError):
@@ -57,7 +58,7 @@ class RunConfig:
     label_smoothing: float = 0.0
     augment: str = "flip-crop"  # training only: random crop (padded, or resized for large images) + flip
     # asynchrony: how the PS turns pushes into updates (engine/rules.py)
-    workers: int = 2
+    workers: int = AUTO  # auto: one per GPU with 2+ GPUs, one process (0) on one GPU, 2 on the CPU
     update_rule: str = "lookahead"
     local_steps: int = 4  # local-sgd: worker steps between exchanges
     outer_lr: float = 1.0  # local-sgd: the PS's step size on a worker's delta
@@ -68,9 +69,9 @@ class RunConfig:
     overlap: bool = False  # push step k while step k+1 computes (hides the round trip; +1 staleness)
     transport: str = "flat"  # plain: one tensor per parameter, separate pull and push (for benchmarks)
     # input pipeline and devices
-    loader_workers: int = 1
-    device: str = "cpu"  # the workers' (and the single process's) device
-    ps_device: str = "cpu"  # the parameter server's; cuda puts the global model on a GPU
+    loader_workers: int = AUTO  # decoding processes per training process; auto: the spare cores
+    device: str = "auto"  # the workers' (and the single process's): auto = the GPUs when present
+    ps_device: str = "auto"  # the parameter server's: auto = a spare GPU, else worker 0's, or the CPU
     compile: bool = False  # torch.compile the workers' model
     mps: bool = False  # the job's processes share a GPU through NVIDIA MPS (adt_tui/mps.py)
     # evaluation, checkpoints, health
@@ -174,13 +175,15 @@ class RunConfig:
             bad("transfer_dtype", f"is {self.transfer_dtype!r}", f"use one of {TRANSFER_DTYPES}")
         if not self.lr > 0:
             bad("lr", f"is {self.lr}, but the learning rate must be positive", "pass e.g. --lr 0.05")
-        if self.workers < 0:
-            bad("workers", f"is {self.workers}, but it cannot be negative", "use 0 (single process) or more")
+        for name in ("workers", "loader_workers"):
+            if getattr(self, name) < AUTO:
+                bad(name, f"is {getattr(self, name)}, but it cannot be negative",
+                    f"use 0 or more, or {AUTO} to let adt choose")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 bad(name, f"is {getattr(self, name)}, but it must be at least 1", f"pass a positive {name}")
         for name in ("num_classes", "max_updates", "momentum", "weight_decay", "max_staleness", "eval_every", "bn_recompute",
-                     "loader_workers", "chance_warmup_evals", "port", "max_restarts"):
+                     "chance_warmup_evals", "port", "max_restarts"):
             if getattr(self, name) < 0:
                 bad(name, f"is {getattr(self, name)}, but it cannot be negative", f"pass {name} >= 0")
         if not 0 <= self.momentum < 1:

@@ -1,10 +1,12 @@
 """WebDataset input: shard URLs, manifests, and the split of shards among readers.
 
-A *reader* is one DataLoader process of one worker. With R readers and S shards:
-- S >= R: reader r reads shards r, r+R, r+2R, ... whole;
-- S <  R: the readers that share shard r mod S take every k-th sample of it (k = how many share),
-  so they read the whole shard but decode only their own samples.
-Either way an epoch sees every training sample exactly once across all workers.
+A *reader* is one DataLoader process of one worker. With R readers and S shards, reader r reads
+shards r, r+R, r+2R, ... of the first S - (S mod R) whole; the S mod R shards left over are shared
+by all readers: the readers that share one take every k-th sample of it (k = how many share), so
+they read the whole shard but decode only their own samples. Every reader's share is then the
+same within a fraction of one shard (16 shards over 12 readers: 1 1/3 each, where whole shards
+alone gave two workers of 6 readers 10 and 6), and an epoch sees every training sample exactly
+once across all workers.
 
 A shard is a local path or a remote URL (`http(s)://`, `pipe:COMMAND`; engine/remote.py opens them).
 """
@@ -225,13 +227,17 @@ def resolve_data(data: str, train_url: str = "", val_url: str = "") -> DataSpec:
     return spec
 
 
-def reader_plan(urls: list[str], reader: int, readers: int) -> tuple[list[str], int, int]:
-    """(shards, stride, offset) for one reader: it keeps samples whose index % stride == offset."""
-    if len(urls) >= readers:
-        return urls[reader::readers], 1, 0
-    shard = reader % len(urls)
-    sharers = list(range(shard, readers, len(urls)))
-    return [urls[shard]], len(sharers), sharers.index(reader)
+def reader_plan(urls: list[str], reader: int, readers: int) -> list[tuple[str, int, int]]:
+    """One reader's (shard, stride, offset) parts: of each shard it keeps the samples whose index
+    % stride == offset (stride 1: the whole shard)."""
+    whole = len(urls) - len(urls) % readers
+    parts = [(url, 1, 0) for url in urls[reader:whole:readers]]
+    left = urls[whole:]
+    if left:
+        shared = reader % len(left)
+        sharers = list(range(shared, readers, len(left)))
+        parts.append((left[shared], len(sharers), sharers.index(reader)))
+    return parts
 
 
 def worker_shards(urls: list[str], worker: int, workers: int, loader_workers: int) -> list[str]:
@@ -239,7 +245,8 @@ def worker_shards(urls: list[str], worker: int, workers: int, loader_workers: in
     per_worker = max(1, loader_workers)
     mine: set[str] = set()
     for local in range(per_worker):
-        mine.update(reader_plan(urls, worker * per_worker + local, workers * per_worker)[0])
+        mine.update(url for url, _, _ in reader_plan(urls, worker * per_worker + local,
+                                                     workers * per_worker))
     return [u for u in urls if u in mine]
 
 
@@ -307,16 +314,15 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def samples(self) -> Iterator[tuple[np.ndarray, int]]:
         reader = self.reader_index()
-        shards, stride, offset = reader_plan(self.split.urls, reader, self.workers * self.loader_workers)
+        parts = reader_plan(self.split.urls, reader, self.workers * self.loader_workers)
         rng = random.Random(self.seed * 1_000_003 + self.epoch * 1009 + reader)
         if self.train:
-            shards = rng.sample(shards, len(shards))
-        index = 0
-        for sample in shard_samples(shards):
-            index += 1
-            if (index - 1) % stride == offset:
-                image, label = decode_sample(sample, self.size, self.num_classes)
-                yield (flip_crop(image, rng) if self.augment else image), label
+            parts = rng.sample(parts, len(parts))
+        for url, stride, offset in parts:
+            for index, sample in enumerate(shard_samples([url])):
+                if index % stride == offset:
+                    image, label = decode_sample(sample, self.size, self.num_classes)
+                    yield (flip_crop(image, rng) if self.augment else image), label
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         samples = self.samples()

@@ -12,7 +12,9 @@ Under torchrun (`adt launch`) the store is torchrun's own: node 0's agent serves
 interface at the master port, and every rank, the PS included, is only its client.
 
 Either way each rank but 0 leaves an `adt/arrived/<rank>` key in the store, so that rank 0 can
-name the workers that never came when the group does not form within --join-timeout.
+name the workers that never came when the group does not form within --join-timeout; and rank 0
+publishes the job's config there (`share_config`), which each worker reads before RPC forms: its
+TensorPipe device map must be set by then, and a worker on another machine has no run dir.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -80,9 +83,31 @@ def _rendezvous(url: str, **_: object) -> Iterator:
         print(f"[adt rendezvous] store listens on {_show(bound)}:{bound_port} only", flush=True)
     else:  # retries until the store is up, for at most join_timeout
         store = TCPStore(host, port, world_size, False, timedelta(seconds=join_timeout))
+    if rank == 0 and _shared.publish:  # before waiting: the workers wait for it in turn
+        store.set(CONFIG_KEY, _shared.publish)
     _arrive(store, rank, world_size, join_timeout)
+    if rank and _shared.receive is not None:  # waits (up to join_timeout) until rank 0 published
+        _shared.receive(store.get(CONFIG_KEY).decode())
     yield store, rank, world_size
     raise RuntimeError(f"{SCHEME}:// cannot rendezvous twice: RPC's group is fixed at start")
+
+
+CONFIG_KEY = "adt/config"
+
+
+@dataclass
+class _Shared:
+    publish: str = ""  # rank 0: the job's config as JSON
+    receive: Callable[[str], None] | None = None  # ranks > 0: given that JSON before RPC forms
+
+
+_shared = _Shared()
+
+
+def share_config(publish: str = "", receive: Callable[[str], None] | None = None) -> None:
+    """What this process's rendezvous does with the job's config: rank 0 publishes it, the others
+    receive it (before torch builds the RPC agent, so that `receive` can still set device maps)."""
+    _shared.publish, _shared.receive = publish, receive
 
 
 # Who reached the rendezvous, for the message when the group does not form in time.

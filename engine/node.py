@@ -92,7 +92,8 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
 
     from . import transport
     from .data import resolve_data
-    from .server import ParameterServer, resolve_device
+    from .placement import device_for
+    from .server import ParameterServer
     from .worker import run_worker
 
     single = world_size == 1
@@ -106,7 +107,7 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
     checkpoint_dir = Path(config.checkpoints_dir).resolve() / config.run_id
     meta = {"run_id": config.run_id, "code": startup_fingerprint(), "data_fingerprint": spec.fingerprint(),
             "data": spec.describe(), "started": time.time()}
-    device = resolve_device(config.device if single else config.ps_device)
+    device = device_for(config.device if single else config.ps_device)
     from .models import build_for
 
     shapes = {k: list(v.shape) for k, v in build_for(config, len(spec.classes), spec.image_size).state_dict().items()}
@@ -144,7 +145,7 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
         _log(role, f"waiting up to {config.join_timeout:g}s (--join-timeout) for {world_size - 1} "
                    f"workers to join at {host}:{port}")
         try:
-            transport.init(0, world_size, host, port, config.join_timeout)
+            transport.init(0, world_size, host, port, config.join_timeout, config)
         except RuntimeError as exc:  # JoinTimeout, or torch's own error: the job never formed
             _end_before_training(role, events, server, str(exc) if isinstance(exc, JoinTimeout)
                                  else f"RPC did not start: {_reason(exc)}")

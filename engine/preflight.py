@@ -23,13 +23,12 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .config import RunConfig
 from .data import DataSpec, Split, decode_sample, reader_plan, resolve_data, shard_samples
 from .errors import DataError
 from .listen import run_listeners
 from .models import check_model
+from .placement import gpu_count, place
 from .remote import is_pipe, is_remote, shard_name
 
 SAMPLES_PER_SHARD = 2  # enough to catch a wrong format, size or class map; cheap on any data set
@@ -45,6 +44,7 @@ class PreflightReport:
     seconds: float = 0.0
     listeners: list[str] = field(default_factory=list)  # where the job will listen (engine.listen)
     model: str = ""  # the model check's line
+    placement: str = ""  # where each process runs (engine.placement)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (for events.jsonl and run records)."""
@@ -67,7 +67,7 @@ class PreflightReport:
             lines.append(f"  {name:5} {s['samples']} samples in {s['shards']} shards: {s['dir']}")
         lines += [f"  warning: {text}" for text in self.warnings]
         lines.append(f"  checked in {self.seconds:.2f}s")
-        return lines + ([self.model] if self.model else []) + self.listeners
+        return lines + [line for line in (self.model, self.placement) if line] + self.listeners
 
 
 def readers_of(config: RunConfig) -> int:
@@ -127,25 +127,28 @@ def _reader_warnings(split: Split, readers: int, config: RunConfig) -> list[str]
     shards = len(split.urls)
     workers, loaders = max(1, config.workers), max(1, config.loader_workers)
     who = f"{readers} readers ({workers} workers x {loaders} loader processes)"
-    if shards < readers:
-        k = -(-readers // shards)
-        return [(f"train has {shards} shards for {who}: up to {k} readers share a shard, each reading "
-                f"all of it but decoding only 1 sample in {k}, so disk reads grow {k}x. Fix: write at "
-                f"least {readers} shards (adt data prepare --shards {readers}) or use fewer loader workers.")]
-    counts = {s["name"]: s["count"] for s in split.manifest["shards"]}
-    per_reader = [sum(counts[shard_name(u)] for u in reader_plan(split.urls, r, readers)[0])
-                  for r in range(readers)]
-    if min(per_reader) * 1.25 < max(per_reader):
-        return [(f"train's {shards} shards split unevenly over {who}: {min(per_reader)} to "
-                f"{max(per_reader)} samples each per epoch. Fix: use a multiple of {readers} shards.")]
-    return []
+    if shards % readers == 0:
+        counts = {s["name"]: s["count"] for s in split.manifest["shards"]}
+        per_reader = [sum(counts[shard_name(u)] for u, _, _ in reader_plan(split.urls, r, readers))
+                      for r in range(readers)]
+        if min(per_reader) * 1.25 < max(per_reader):
+            return [(f"train's {shards} shards hold uneven sample counts: {min(per_reader)} to "
+                    f"{max(per_reader)} samples per reader per epoch. Fix: re-create the shard set.")]
+        return []
+    shared = shards % readers
+    k = -(-readers // shared)
+    return [(f"train has {shards} shards for {who}: the {shared} left over after whole shards are "
+             f"shared, up to {k} readers each reading all of one but decoding 1 sample in {k} "
+             f"(disk reads grow by {shared * (k - 1) / shards:.0%}, work stays even). Fix: write a "
+             f"multiple of {readers} shards (adt data prepare --shards {readers * max(1, shards // readers)}) "
+             "or change --loader-workers.")]
 
 
 def _shared_gpu_warnings(config: RunConfig) -> list[str]:
     """Workers that share a GPU without MPS take turns on it instead of running side by side."""
-    if config.mps or config.workers < 2 or config.device == "cpu" or not torch.cuda.is_available():
+    if config.mps or config.workers < 2 or config.device == "cpu":
         return []
-    gpus = 1 if config.device.startswith("cuda:") else torch.cuda.device_count()
+    gpus = 1 if config.device.startswith("cuda:") else gpu_count()
     if config.workers <= gpus:
         return []
     return [f"{config.workers} workers share {gpus} GPU{'s' if gpus > 1 else ''} without MPS, so they take "
@@ -154,9 +157,13 @@ def _shared_gpu_warnings(config: RunConfig) -> list[str]:
             "`nvidia-cuda-mps-control -d` on each machine)."]
 
 
-def preflight(config: RunConfig) -> PreflightReport:
-    """Check the run's data end to end; raise DataError on the first problem, else report it."""
+def preflight(config: RunConfig, local_workers: int | None = None) -> PreflightReport:
+    """Place the job (writing concrete devices into `config`), then check the run's data end to
+    end; raise ConfigError or DataError on the first problem, else report it.
+
+    `local_workers`: this machine's workers, when the job spans machines (adt launch)."""
     start = time.monotonic()
+    placement = place(config, local_workers)
     spec = resolve_data(config.data, config.train_url, config.val_url)
     readers = readers_of(config)
     report = PreflightReport(spec, readers)
@@ -188,5 +195,6 @@ def preflight(config: RunConfig) -> PreflightReport:
     report.warnings += _shared_gpu_warnings(config)
     report.seconds = round(time.monotonic() - start, 3)
     report.model = check_model(config, len(classes), spec.image_size)
+    report.placement = placement.describe()
     report.listeners = run_listeners(config.host, config.port, config.workers)
     return report

@@ -14,7 +14,6 @@ PS recomputes the running statistics at the current weights on `bn_recompute` tr
 from __future__ import annotations
 
 import math
-import os
 import queue
 import socket
 import statistics
@@ -85,25 +84,16 @@ def _view(flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return flat.view(shape)
 
 
-def resolve_device(name: str, worker: int | None = None) -> torch.device:
-    """`auto` picks CUDA when present; workers on plain `cuda` spread over the GPUs, one each."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and worker is not None:
-        # Under torchrun, LOCAL_RANK numbers the processes of this node: one GPU each.
-        index = int(os.environ.get("LOCAL_RANK", worker))
-        return torch.device("cuda", index % max(1, torch.cuda.device_count()))
-    return torch.device(name)
-
-
 @dataclass
 class WorkerState:
     pid: int
     host: str
-    last_seen: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)  # its last request the PS handled
+    arrived: float = 0.0  # its latest request's arrival (RPC thread), handled or still queued
     epoch_done: int = -1
     left: bool = False
     lost: bool = False
+    on_gpu: bool = False  # it trains on a GPU and TensorPipe maps it to the PS's GPU
     pushed: bool = False  # at least one push arrived (the silence bound is shorter from then on)
     buffers: torch.Tensor | None = None
 
@@ -152,7 +142,8 @@ class ParameterServer:
         self.outcome: str | None = None  # set when the run should end: finished/stopped/diverged
         self.stop_requested = threading.Event()
         self.all_left = threading.Event()
-        self._barrier: list[torch.futures.Future] = []
+        self._barrier: list[tuple[int, torch.futures.Future]] = []
+        self._barrier_params = not single  # the single process trains the PS's own model
         self._interval: dict[str, list[float]] = {"staleness": [], "apply_ms": []}
         self._interval_updates = 0
         self._host = socket.gethostname()
@@ -172,6 +163,7 @@ class ParameterServer:
 
     def push(self, worker: int, base_version: int, grads: torch.Tensor, buffers: torch.Tensor | None,
              samples: int, metrics: dict[str, Any] | None, reply_params: bool = True) -> torch.futures.Future:
+        self._heard(worker)
         if isinstance(grads, torch.Tensor) and grads.is_cuda and grads is not self.flat.grads:
             # RPC delivered the tensor on this thread's current stream; the apply thread uses
             # another, so wait here (on an RPC thread) until it has fully arrived.
@@ -186,6 +178,7 @@ class ParameterServer:
                                           self._stopping(), self.lr))
 
     def epoch_done(self, worker: int, epoch: int) -> torch.futures.Future:
+        self._heard(worker)
         future: torch.futures.Future = torch.futures.Future()
 
         def run() -> None:
@@ -197,6 +190,13 @@ class ParameterServer:
 
         self._queue.put(run)
         return future
+
+    def _heard(self, worker: int) -> None:
+        """A request arrived (any thread). While the PS owes a worker a reply, the worker is not
+        silent, however long validation or a checkpoint keeps the apply thread busy."""
+        state = self.workers.get(worker)
+        if state is not None:
+            state.arrived = time.monotonic()  # one assignment: safe beside the apply thread
 
     def leave(self, worker: int, reason: str) -> torch.futures.Future:
         return self._submit(lambda: self._leave(worker, reason))
@@ -233,7 +233,9 @@ class ParameterServer:
             self.workers[worker] = WorkerState(pid=info["pid"], host=info["host"], left=True)
             self._after_worker_gone()
             return {"version": self.version, "epoch": self.epoch, "params": None, "stop": True, "lr": self.lr}
-        self.workers[worker] = WorkerState(pid=info["pid"], host=info["host"])
+        self.workers[worker] = WorkerState(pid=info["pid"], host=info["host"],
+                                           on_gpu=self.device.type == "cuda" and
+                                           str(info.get("device", "")).startswith("cuda"))
         self.events.emit("worker_join", worker=worker, **info)
         if info.get("code_fingerprint") != self.meta["code"]["fingerprint"]:
             self._alert("error", "fingerprint_mismatch",
@@ -280,10 +282,15 @@ class ParameterServer:
                     self.outcome = "diverged"
         if applied and self.config.eval_every and self.version % self.config.eval_every == 0:
             self._validate()
+        return self._reply(worker, reply_params)
+
+    def _reply(self, worker: int, with_params: bool) -> Reply:
+        """What the worker gets back: the version, and the parameters it should compute on next,
+        on the PS's device (TensorPipe's device map takes them GPU to GPU) or the CPU."""
         params = None
-        if reply_params:  # back where the push came from: GPU to GPU when device maps are set
+        if with_params:
             dtype = torch.bfloat16 if self.config.transfer_dtype == "bf16" else torch.float32
-            where = grads.device if isinstance(grads, torch.Tensor) and grads.is_cuda else "cpu"
+            where = self.device if self.workers[worker].on_gpu else "cpu"
             params = self.rule.outgoing().to(where, dtype=dtype, copy=True)
             if params.is_cuda:  # RPC sends it from another thread: the copy must be done by then
                 torch.cuda.current_stream(params.device).synchronize()
@@ -300,7 +307,7 @@ class ParameterServer:
     def _epoch_done(self, worker: int, epoch: int, future: torch.futures.Future) -> None:
         self.workers[worker].epoch_done = epoch
         self.workers[worker].last_seen = time.monotonic()
-        self._barrier.append(future)
+        self._barrier.append((worker, future))
         self._check_barrier()
 
     def _check_barrier(self) -> None:
@@ -311,9 +318,12 @@ class ParameterServer:
         if any(w.epoch_done < self.epoch for w in active):
             return
         self._end_epoch()
-        stop = self.outcome is not None or self.stop_requested.is_set()
-        for future in self._barrier:
-            future.set_result(stop)
+        now = time.monotonic()
+        for worker, future in self._barrier:
+            # The fresh parameters: a worker that finished early would otherwise start the next
+            # epoch from the version it left, as stale as the updates the others made meanwhile.
+            self.workers[worker].last_seen = now  # its silence counts from its release
+            future.set_result(self._reply(worker, self._barrier_params))
         self._barrier = []
 
     def _end_epoch(self) -> None:
@@ -465,13 +475,14 @@ class ParameterServer:
         for index, state in self.workers.items():
             if not state.active:
                 continue
+            owed = state.arrived > state.last_seen  # a request of its waits behind the apply thread
             if state.host == self._host and not _alive(state.pid):
                 state.lost = True
                 self._alert("error", "worker_lost", f"worker {index} (pid {state.pid}) died; the run "
                             "goes on with the other workers", worker=index)
                 self.events.emit("process_exit", role="worker", worker=index, pid=state.pid,
                                  code=None, reason="lost")
-            elif index not in waiting and now - state.last_seen > self._silence_limit(state):
+            elif index not in waiting and not owed and now - state.last_seen > self._silence_limit(state):
                 state.lost = True
                 self._alert("error", "worker_silent", f"worker {index} sent nothing for "
                             f"{self._silence_limit(state):.0f}s; counted as lost", worker=index)

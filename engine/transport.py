@@ -8,16 +8,20 @@ goes over torch.distributed.rpc (TensorPipe); `LocalClient` calls the server in-
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
 from typing import Any
 
 import torch
 from torch.distributed import rpc
 
 from . import listen
+from .config import RunConfig
 from .errors import JoinTimeout
-from .server import ParameterServer, Reply, resolve_device, worker_names
+from .placement import device_for, local_slot
+from .server import ParameterServer, Reply, worker_names
 
 PS_NAME = "ps"
 PING_EVERY = 5.0  # seconds at the epoch barrier between pings of the PS
@@ -25,13 +29,15 @@ _server: ParameterServer | None = None  # set in the PS process by serve()
 
 
 def init(rank: int, world_size: int, host: str, port: int, join_timeout: float,
-         timeout: float = 120.0) -> None:
-    """Join the RPC group: rank 0 is the PS, rank k > 0 is worker k-1.
+         config: RunConfig | None = None, timeout: float = 120.0) -> RunConfig | None:
+    """Join the RPC group: rank 0 is the PS, rank k > 0 is worker k-1. Returns the job's config:
+    rank 0 gives it (and publishes it in the rendezvous store); every worker gets it from there,
+    so that devices come from the run's config on every machine, with or without a run dir.
 
     The rendezvous store (rank 0's, unless torchrun serves one) listens on `host` only, and
     TensorPipe and Gloo on the interface holding `host` when it is an address of this machine.
-    When both the worker's device (ADT_DEVICE) and the PS's (ADT_PS_DEVICE) are GPUs, a device
-    map lets TensorPipe move gradients and parameters GPU to GPU, with no host round trip.
+    When both a worker's device and the PS's are GPUs, a device map lets TensorPipe move gradients
+    and parameters GPU to GPU, with no host round trip.
 
     Raises JoinTimeout, naming who never came, when the group has not formed after `join_timeout`
     seconds. torch joins on a helper thread while this (main) thread waits, so that a stop signal
@@ -44,15 +50,18 @@ def init(rank: int, world_size: int, host: str, port: int, join_timeout: float,
         init_method=listen.rendezvous_url(host, port, join_timeout), rpc_timeout=timeout,
         num_worker_threads=16)
     name = PS_NAME if rank == 0 else f"worker{rank - 1}"
-    ps_device = os.environ.get("ADT_PS_DEVICE", "cpu")
-    if ps_device.startswith("cuda"):
-        ps_device = ps_device if ":" in ps_device else "cuda:0"
-        if rank == 0:
-            options.set_devices([ps_device])
-        else:
-            device = os.environ.get("ADT_DEVICE", "cpu")
-            if device.startswith("cuda"):
-                options.set_device_map(PS_NAME, {str(resolve_device(device, rank - 1)): ps_device})
+    received: list[RunConfig] = []
+
+    def receive(text: str) -> None:  # on the join thread, inside the rendezvous, before RPC forms
+        received.append(RunConfig.from_dict(json.loads(text)))
+        _set_devices(options, received[0], rank)
+
+    if rank == 0:
+        assert config is not None, "the PS gives the job's config"
+        _set_devices(options, config, rank)
+        listen.share_config(publish=json.dumps(config.to_dict()))
+    else:
+        listen.share_config(receive=receive)
     failure: list[BaseException] = []
     done = threading.Event()
 
@@ -68,6 +77,19 @@ def init(rank: int, world_size: int, host: str, port: int, join_timeout: float,
         raise JoinTimeout(_not_joined(rank, world_size, host, port, join_timeout))
     if failure:
         raise failure[0]
+    return config if rank == 0 else received[0]
+
+
+def _set_devices(options: rpc.TensorPipeRpcBackendOptions, config: RunConfig, rank: int) -> None:
+    """TensorPipe's devices: the PS's GPU, and each GPU worker's map from its GPU to the PS's."""
+    if not config.ps_device.startswith("cuda"):
+        return  # CPU tensors travel as they are
+    if rank == 0:
+        options.set_devices([config.ps_device])
+        return
+    mine = device_for(config.device, local_slot(rank - 1))
+    if mine.type == "cuda":
+        options.set_device_map(PS_NAME, {str(mine): config.ps_device})
 
 
 def _not_joined(rank: int, world_size: int, host: str, port: int, join_timeout: float) -> str:
@@ -157,27 +179,35 @@ class RpcClient:
 
     def push(self, base_version: int, grads: torch.Tensor, buffers: torch.Tensor, samples: int,
              metrics: dict[str, Any] | None) -> Reply:
-        return result(self.push_async(base_version, grads, buffers, samples, metrics))
+        return self.wait(self.push_async(base_version, grads, buffers, samples, metrics))
 
     def push_async(self, base_version: int, grads: torch.Tensor, buffers: torch.Tensor, samples: int,
                    metrics: dict[str, Any] | None) -> torch.futures.Future:
-        return rpc.rpc_async(PS_NAME, _push, args=(self.worker, base_version, grads, buffers, samples, metrics))
+        # No RPC timeout: a push may wait behind a validation longer than any fixed bound; `wait`
+        # pings the PS instead, so a PS that is gone is still noticed.
+        return rpc.rpc_async(PS_NAME, _push, args=(self.worker, base_version, grads, buffers, samples,
+                                                   metrics), timeout=0)
 
     def pull(self) -> Reply:
         return rpc.rpc_sync(PS_NAME, _pull)
 
-    def epoch_done(self, epoch: int) -> bool:
-        """Wait at the epoch barrier; True if the PS says stop.
+    def epoch_done(self, epoch: int) -> Reply:
+        """Wait at the epoch barrier, which lasts the slowest worker's epoch plus the PS's
+        validation; the reply holds the parameters to start the next epoch from."""
+        return self.wait(rpc.rpc_async(PS_NAME, _epoch_done, args=(self.worker, epoch), timeout=0))
 
-        The wait lasts the slowest worker's epoch plus the PS's validation, so the call itself has
-        no timeout. Instead the PS must answer a ping every PING_EVERY seconds within
-        `ps_timeout`, else it is gone (dead, stopped, cut off): RuntimeError, as for a failed push.
-        """
-        future = rpc.rpc_async(PS_NAME, _epoch_done, args=(self.worker, epoch), timeout=0)
+    def wait(self, future: torch.futures.Future) -> Any:
+        """The reply to a call without a timeout, however long the PS is busy, as long as the PS
+        answers a ping (on an RPC thread, never behind its apply thread) every PING_EVERY seconds
+        within `ps_timeout`; else it is gone (dead, stopped, cut off): RuntimeError, as for a
+        failed push. Waited for in Python, so that a stop signal's handler runs meanwhile."""
         answered = threading.Event()
         future.add_done_callback(lambda _: answered.set())
-        while not answered.wait(PING_EVERY):
-            result(rpc.rpc_async(PS_NAME, _ping, timeout=self.ps_timeout))
+        next_ping = time.monotonic() + PING_EVERY
+        while not answered.wait(0.1):
+            if time.monotonic() >= next_ping:
+                result(rpc.rpc_async(PS_NAME, _ping, timeout=self.ps_timeout))
+                next_ping = time.monotonic() + PING_EVERY
         return future.wait()
 
     def leave(self, reason: str) -> None:
@@ -200,7 +230,7 @@ class LocalClient:
              metrics: dict[str, Any] | None) -> Reply:
         return self.server.push(0, base_version, grads, buffers, samples, metrics, reply_params=False).wait()
 
-    def epoch_done(self, epoch: int) -> bool:
+    def epoch_done(self, epoch: int) -> Reply:
         return self.server.epoch_done(0, epoch).wait()
 
     def leave(self, reason: str) -> None:

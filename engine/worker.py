@@ -23,8 +23,8 @@ from .fingerprint import startup_fingerprint
 from .models import build_for, normalize
 from .profile import StepProfiler
 from .rules import make_optimizer
-from .server import FlatModel, resolve_device
-from .transport import result
+from .placement import device_for, local_slot
+from .server import FlatModel
 
 
 class Meter:
@@ -94,7 +94,7 @@ def compute_gradient(forward: Any, flat: FlatModel, loss_fn: nn.Module, images: 
 def run_worker(client: Any, config: RunConfig, train: Split, worker: int, workers: int, rank: int,
                stop: threading.Event, model: FlatModel | None = None) -> str:
     """Train until the PS says stop, the epochs run out, or `stop` is set; returns why it ended."""
-    device = resolve_device(config.device, worker)
+    device = device_for(config.device, local_slot(worker))
     stream = ShardStream(train, worker, workers, config.loader_workers, config.batch_size,
                          train=True, seed=config.seed, augment=config.augment)
     shards = worker_shards(train.urls, worker, workers, config.loader_workers)
@@ -153,7 +153,10 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
             # Start the next epoch's loader processes before the barrier: they open their shards
             # and fill their shuffle buffers while the slowest worker finishes and the PS validates.
             batches = epoch_batches(epoch + 1)
-        if client.epoch_done(epoch):
+        reply = client.epoch_done(epoch)
+        if reply.params is not None:
+            link.load(reply)
+        if reply.stop:
             return "finished" if epoch + 1 >= config.epochs else "stopped by the parameter server"
         epoch += 1
     return "finished"
@@ -208,7 +211,7 @@ class Exchange:
         if self.overlap:
             self.pending = future
         else:
-            stop = self._load(result(future))
+            stop = self.load(client.wait(future))
         return stop, time.perf_counter() - start, 0.0
 
     def drain(self) -> bool:
@@ -216,9 +219,10 @@ class Exchange:
         if self.pending is None:
             return False
         future, self.pending = self.pending, None
-        return self._load(result(future))
+        return self.load(self.client.wait(future))
 
-    def _load(self, reply: Any) -> bool:
+    def load(self, reply: Any) -> bool:
+        """Compute on the parameters a reply brought; returns the PS's stop."""
         self.flat.params.copy_(reply.params, non_blocking=True)
         self.version = reply.version
         return reply.stop
@@ -276,9 +280,13 @@ class LocalSteps(Exchange):
                                               self.samples, self.metrics)
         self.samples, self.metrics = 0, None
 
-    def _load(self, reply: Any) -> bool:
+    def load(self, reply: Any) -> bool:
         fresh = reply.params.to(self.flat.params.device, torch.float32)
-        self.flat.params.add_(fresh - self.pushed)  # rebase: keep the progress made since the push
+        if self.pushed is None:  # nothing pushed yet: no local progress to keep
+            self.flat.params.copy_(fresh)
+        else:  # rebase: keep the progress made since the push
+            self.flat.params.add_(fresh - self.pushed)
+            self.pushed = self.flat.params.clone()
         self.anchor.copy_(fresh)
         self.version, self.lr = reply.version, reply.lr
         return reply.stop

@@ -156,10 +156,11 @@ def test_too_few_shards_warns_how_readers_share_them(data: Path) -> None:
     assert "--shards 8" in warning
 
 
-def test_unevenly_split_shards_warn(data: Path) -> None:
+def test_shards_that_do_not_divide_evenly_are_shared_and_the_warning_says_what_it_costs(data: Path) -> None:
     report = preflight(config(data, workers=3, loader_workers=1))
     [warning] = report.warnings
-    assert "split unevenly over 3 readers" in warning and "20 to 40 samples" in warning
+    assert "train has 4 shards for 3 readers" in warning and "the 1 left over" in warning
+    assert "work stays even" in warning and "--shards 3" in warning
 
 
 def test_validating_on_training_shards_warns(data: Path) -> None:
