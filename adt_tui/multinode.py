@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -166,11 +167,11 @@ def launch(plan: NodePlan, run_dir: Path | None, grace_period: float, out: TextI
         _write_pids(run_dir, proc.pid)
         print(f"run dir: {run_dir}   (torchrun and process logs in {run_dir / 'logs' / f'{LAUNCHER}.log'})",
               file=out, flush=True)
-    return _supervise(proc, run_dir, tail, grace_period, out)
+    return _supervise(proc, run_dir, tail, grace_period, out, log_path)
 
 
 def _supervise(proc: subprocess.Popen, run_dir: Path | None, tail: EventTail | None, grace: float,
-               out: TextIO) -> int:
+               out: TextIO, log_path: Path | None) -> int:
     from .headless import Printer
 
     printer = Printer(out)
@@ -222,11 +223,34 @@ def _supervise(proc: subprocess.Popen, run_dir: Path | None, tail: EventTail | N
         for event in tail.poll():
             printer.event(event)
         _record_end(run_dir, printer, proc.returncode)
-    if interrupted or printer.outcome == "stopped":  # here, or from the monitor (`adt watch`)
+    if interrupted:
         return EXIT_INTERRUPTED
-    if run_dir is not None:
-        return EXIT_OK if printer.outcome == "finished" else EXIT_FAILED
-    return EXIT_OK if proc.returncode == 0 else EXIT_FAILED
+    if proc.returncode != 0 and printer.outcome != "finished":
+        # A process of this node failed; torchrun then stops the others (the PS too, which calls
+        # that "stopped"): a failure, whatever the PS wrote.
+        printer.line(f"node {'0 ' if run_dir else ''}failed: torchrun exited with code "
+                     f"{proc.returncode}: {root_cause(log_path)}")
+        return EXIT_FAILED
+    if printer.outcome == "stopped":  # from the monitor (`adt watch`)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if run_dir is None or printer.outcome == "finished" else EXIT_FAILED
+
+
+def root_cause(log_path: Path | None) -> str:
+    """torchrun's "Root Cause" summary, as one phrase: which rank failed first, and how."""
+    where = f"see {log_path}" if log_path else "see its output above"
+    try:
+        text = log_path.read_text(errors="replace") if log_path else ""
+    except OSError:
+        text = ""
+    cause = text.rpartition("Root Cause")[2]
+    rank = re.search(r"rank\s*:\s*(\d+) \(local_rank: (\d+)\)", cause)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", cause)
+    if not (rank and code):
+        return where
+    global_rank = int(rank[1])
+    who = "the PS (rank 0)" if global_rank == 0 else f"worker {global_rank - 1} (rank {global_rank})"
+    return f"{who} failed first with exit code {code[1]}; {where}"
 
 
 def _record_end(run_dir: Path, printer: Any, code: int | None) -> None:

@@ -120,7 +120,7 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
                 val_samples=spec.val.num_samples, data=spec.describe(), code=meta["code"],
                 resumed=resume is not None, version=server.version, epoch=server.epoch,
                 update_rule=server.rule.name, schedule=server.schedule.describe(),
-                checkpoint_dir=str(checkpoint_dir))
+                checkpoint_dir=str(checkpoint_dir), device=str(device))
     if server.resume_note:
         events.emit("alert", level="warning", code="rule_changed", message=f"resumed with {server.resume_note}")
     _log(role, f"run {config.run_id}: {config.model}, data {spec.train.urls[0]}..., "

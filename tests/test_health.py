@@ -234,3 +234,18 @@ def test_silence_before_the_first_push_is_bounded_by_the_join_timeout(tiny_data,
     finally:
         server.close()
         events.close()
+
+
+def test_a_validation_longer_than_the_worker_timeout_counts_no_worker_out(tiny_data, tmp_path):
+    """The PS validates (here: every validation shard arrives 4 s late) while its workers wait at
+    the epoch barrier, far longer than --worker-timeout: that is the server's time, not the
+    workers' silence. (A worker that really stops is still counted out: the test above.)"""
+    slow_val = f"pipe:sleep 4; cat {tiny_data}/val/val-{{000000..000001}}.tar"
+    job = HeadlessJob(tmp_path, "--train-url", str(tiny_data / "train"), "--val-url", slow_val,
+                      "--epochs", "2", "--workers", "2", "--worker-timeout", "3", *FAST)
+    assert job.wait(300) == 0, job.context()
+    validations = job.events("validation")
+    assert len(validations) == 2 and all(v["seconds"] > 3 for v in validations), validations
+    assert not [a for a in job.events("alert") if a["code"] in ("worker_silent", "worker_lost")], \
+        job.context()
+    assert job.events("run_end")[-1]["outcome"] == "finished"

@@ -119,6 +119,10 @@ def assert_one_job_over_both_nodes(tmp: Path, run_id: str, codes: list[int], out
     assert sorted(e["worker"] for e in joins) == [0, 1, 2]
     assert {e["node"] for e in joins} == {0, 1}
     assert {(e["node"], e["local_rank"]) for e in joins} == {(0, 1), (1, 0), (1, 1)}
+    # Devices come from the run's config, placed once on node 0 (no GPU here: the CPU), and reach
+    # node 1's workers, which have no run dir, through the rendezvous store.
+    assert (start["config"]["device"], start["config"]["ps_device"], start["device"]) == ("cpu", "cpu", "cpu")
+    assert [e["device"] for e in joins] == ["cpu"] * 3
     assert {e["worker"] for e in events if e["kind"] == "worker_metrics"} == {0, 1, 2}
     accs = [e["acc"] for e in events if e["kind"] == "validation"]
     assert max(accs) > 0.6 and accs[-1] > CHANCE, accs
@@ -132,6 +136,7 @@ def test_two_launches_on_loopback_form_one_job_that_learns(tiny_data, tmp_path):
     assert_one_job_over_both_nodes(tmp_path, "two-nodes", codes, outputs)
     assert "torchrun --nnodes 2 --node-rank 0 --nproc-per-node 2 --master-addr 127.0.0.1" in outputs[0]
     assert "run finished" in outputs[0]
+    assert "placement: worker 0 -> cpu, PS -> cpu" in outputs[0]
 
 
 def test_ctrl_c_on_node_0_stops_the_whole_job_with_a_final_checkpoint(tiny_data, tmp_path):
@@ -252,3 +257,26 @@ def test_node_with_a_different_copy_of_the_data_refuses_and_the_ps_alerts(tiny_d
     assert [e["worker"] for e in events if e["kind"] == "worker_join"] == [0]
     assert [e["outcome"] for e in events if e["kind"] == "run_end"] == ["finished"]
     assert codes[0] == 0, outputs[0]
+
+
+def test_a_failed_process_fails_the_node_with_exit_1_naming_it(tiny_data, tmp_path):
+    """torchrun stops a node's other processes when one fails, the PS among them, which calls that
+    "stopped": the launch must still say failed (exit 1), and who failed first."""
+    run_id = "broken"
+    events = tmp_path / "runs" / run_id / "events.jsonl"
+    command = adt_launch("--nnodes", "1", "--node-rank", "0", "--nproc-per-node", "3", "--master",
+                         f"127.0.0.1:{free_port()}", "--data", str(tiny_data), "--run-id", run_id,
+                         "--runs-dir", str(tmp_path / "runs"), "--checkpoints-dir",
+                         str(tmp_path / "checkpoints"), *TRAIN_FLAGS, "--epochs", "500")
+
+    def kill_worker_1(_launchers: list[subprocess.Popen]) -> None:
+        pid = next(e["pid"] for e in read_events(events) if e["kind"] == "worker_join" and e["worker"] == 1)
+        os.kill(pid, signal.SIGKILL)
+
+    def both_train() -> bool:
+        return events.exists() and {e["worker"] for e in read_events(events)
+                                    if e["kind"] == "worker_metrics"} == {0, 1}
+
+    [code], [output] = run_nodes([command], tmp_path, when=both_train, then=kill_worker_1)
+    assert code == 1, output
+    assert "node 0 failed: torchrun exited with code 1: worker 1 (rank 2) failed first with exit code -9" in output
