@@ -171,6 +171,11 @@ class ParameterServer:
         return self._submit(lambda: self._apply_push(worker, base_version, grads, buffers, samples,
                                                      metrics, reply_params))
 
+    def refresh(self, worker: int) -> torch.futures.Future:
+        """The current parameters for a worker about to take its first step."""
+        self._heard(worker)
+        return self._submit(lambda: self._reply(worker, True))
+
     def pull(self) -> torch.futures.Future:
         """The plain transport's separate pull: every parameter as its own CPU tensor."""
         return self._submit(lambda: Reply(self.version, {n: p.detach().cpu().clone() for n, p in

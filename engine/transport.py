@@ -1,7 +1,8 @@
 """The whole RPC surface of adt, in one module: how workers reach the parameter server.
 
-Workers hold a client with four calls — register, push (which also returns fresh parameters:
-one round trip per step), epoch_done (which pings the PS while it waits) and leave. `RpcClient`
+Workers hold a client with five calls — register, refresh (the parameters of the moment, taken
+after the slow first step), push (which also returns fresh parameters: one round trip per step),
+epoch_done (which pings the PS while it waits, and returns fresh parameters too) and leave. `RpcClient`
 goes over torch.distributed.rpc (TensorPipe); `LocalClient` calls the server in-process for
 `--workers 0`. Moving off torch RPC means rewriting this file only.
 """
@@ -133,6 +134,11 @@ def _push(worker: int, base_version: int, grads: torch.Tensor, buffers: torch.Te
 
 
 @rpc.functions.async_execution
+def _refresh(worker: int) -> torch.futures.Future:
+    return _server.refresh(worker)
+
+
+@rpc.functions.async_execution
 def _pull() -> torch.futures.Future:
     return _server.pull()
 
@@ -190,6 +196,9 @@ class RpcClient:
 
     def pull(self) -> Reply:
         return rpc.rpc_sync(PS_NAME, _pull)
+
+    def refresh(self) -> Reply:
+        return self.wait(rpc.rpc_async(PS_NAME, _refresh, args=(self.worker,), timeout=0))
 
     def epoch_done(self, epoch: int) -> Reply:
         """Wait at the epoch barrier, which lasts the slowest worker's epoch plus the PS's

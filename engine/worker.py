@@ -6,6 +6,7 @@ run share model, data, optimizer and evaluation code.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import statistics
@@ -121,6 +122,9 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
         return iter(make_loader(stream, config.loader_workers, pin_memory=device.type == "cuda"))
 
     batches = epoch_batches(epoch)
+    if not client.shares_model:
+        batches = take_fresh_parameters_after_a_first_step(client, link, forward, flat, loss_fn,
+                                                           batches, device)
     while epoch < config.epochs:
         while True:
             t0 = time.perf_counter()
@@ -160,6 +164,25 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
             return "finished" if epoch + 1 >= config.epochs else "stopped by the parameter server"
         epoch += 1
     return "finished"
+
+
+def take_fresh_parameters_after_a_first_step(
+        client: Any, link: Exchange, forward: Any, flat: FlatModel, loss_fn: nn.Module,
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A worker's first step is slow (loader processes starting, cudnn autotuning, torch.compile):
+    its first push would be as stale as every update the others made meanwhile (41 on two H200s).
+    So compute that step once to warm up, throw it away, take the PS's parameters of the moment,
+    and train on the same batch again. Returns the batches, the first one included."""
+    first = next(batches, None)
+    if first is None:
+        return batches
+    buffers = flat.buffers.clone()  # the warm-up forward must not move BatchNorm's statistics
+    images, labels = (t.to(device, non_blocking=True) for t in first)
+    compute_gradient(forward, flat, loss_fn, images, labels)
+    flat.buffers.copy_(buffers)
+    link.load(client.refresh())
+    return itertools.chain([first], batches)
 
 
 def running_stats(flat: FlatModel, metrics: dict[str, Any] | None) -> torch.Tensor | None:

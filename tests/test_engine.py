@@ -161,7 +161,7 @@ def test_signal_mid_run_stops_cleanly_with_checkpoint(sig, tiny_data, tmp_path):
 
 @pytest.mark.parametrize("flags, field", [
     (["--lr", "-1"], "lr"),
-    (["--workers", "-1"], "workers"),
+    (["--workers", "-2"], "workers"),
     (["--model", "vgg"], "model"),
     (["--data", "/nonexistent/adt-data"], "data directory"),
     (["--batch-size", "0"], "batch_size"),
