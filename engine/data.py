@@ -371,9 +371,28 @@ def _collate(batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.T
     return images.contiguous(), labels
 
 
-def make_loader(stream: ShardStream | Head, loader_workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose processes ignore the job's stop signals from birth.
+
+    A stop signals the whole process group. Loader processes must not die of it mid-batch (their
+    parent finishes its step and then shuts them down itself), nor in the instant between their
+    fork and their init function: the parent then took the dead loader for a lost PS and exited 1.
+    So they are started with those signals blocked, and unblock them once they ignore them."""
+
+    def __iter__(self) -> Any:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().__iter__()  # forks the loader processes (and the pin-memory thread)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal held meanwhile arrives now
+
+
+def make_loader(stream: ShardStream | Head, loader_workers: int, pin_memory: bool = False) -> Loader:
     """A DataLoader over a ShardStream (which batches itself); 0 loader workers decodes inline."""
-    return torch.utils.data.DataLoader(
+    return Loader(
         stream, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,
         prefetch_factor=4 if loader_workers else None,
         worker_init_fn=_ignore_stop_signals if loader_workers else None,
@@ -381,7 +400,6 @@ def make_loader(stream: ShardStream | Head, loader_workers: int, pin_memory: boo
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
-    # A stop signals the whole process group. Loader processes must not die of it mid-batch:
-    # their parent finishes its step and then shuts them down itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one held since the fork is dropped

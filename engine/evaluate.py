@@ -53,6 +53,9 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, loader_worker
     start = time.monotonic()
     was_training = model.training
     model.eval()
+    # No more processes than shards: each extra one would start (a second or so at every epoch's
+    # end) only to read a shard another reads too.
+    loader_workers = min(loader_workers, len(split.urls))
     stream = ShardStream(split, worker=0, workers=1, loader_workers=loader_workers,
                          batch_size=batch_size, train=False)
     total_loss, correct, count = 0.0, 0, 0

@@ -129,7 +129,10 @@ class ParameterServer:
         self.best_val_acc: float | None = None
         self.last_val: dict[str, Any] | None = None
         self._checkpointed_version = self._buffers_version = -1
-        self._bn_stream = ShardStream(data.train, 0, 1, config.loader_workers, config.batch_size, train=True,
+        # As many loader processes as the BatchNorm pass has batches, at most: more would start and
+        # decode (4 batches ahead each) only to be shut down.
+        self._bn_loaders = min(config.loader_workers, -(-config.bn_recompute // config.batch_size))
+        self._bn_stream = ShardStream(data.train, 0, 1, self._bn_loaders, config.batch_size, train=True,
                                       seed=config.seed + 1, augment=config.augment)
         self.resume_note = ""
         if resume:
@@ -382,7 +385,7 @@ class ParameterServer:
         if self.config.bn_recompute:
             self._bn_stream.set_epoch(self.version)  # other samples each time
             # Loader processes: decoding the samples inline took ~1 s of every epoch end.
-            batches = make_loader(Head(self._bn_stream), self.config.loader_workers)
+            batches = make_loader(Head(self._bn_stream), self._bn_loaders)
             recompute_batchnorm(self.model, iter(batches), self.config.bn_recompute, self.device)
             return
         latest = [w.buffers for w in self.workers.values() if w.buffers is not None]

@@ -22,9 +22,9 @@ from .config import RunConfig
 from .data import ShardStream, Split, make_loader, worker_shards
 from .fingerprint import startup_fingerprint
 from .models import build_for, normalize
+from .placement import device_for, local_slot
 from .profile import StepProfiler
 from .rules import make_optimizer
-from .placement import device_for, local_slot
 from .server import FlatModel
 
 

@@ -94,3 +94,20 @@ def test_launch_places_each_node_s_workers_by_local_rank():
     assert local_slot(3, {}) == 3  # adt run: the worker index
     # node 0 of `adt launch --nproc-per-node 3` on 2 GPUs: two local workers and the PS
     assert placed(2, local_workers=2, workers=5) == (5, ("cuda:0", "cuda:1"), "cuda:0")
+
+
+def test_no_module_reads_settings_the_config_holds_from_environment_variables():
+    """Devices once travelled as ADT_DEVICE/ADT_PS_DEVICE, which only the local supervisor set, so
+    `adt launch` never told its processes their devices. Settings live in the run's config."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    settings = {f.name.upper() for f in dataclasses.fields(RunConfig)}
+    found = {}
+    for path in [*root.glob("engine/*.py"), *root.glob("adt_tui/*.py")]:
+        for name in re.findall(r"\bADT_([A-Z_]+)", path.read_text()):
+            found.setdefault(name, path.name)
+    assert set(found) <= {"PROFILE"}, found  # ADT_PROFILE: a profiler switch, not a run setting
+    assert not settings & set(found)
