@@ -14,3 +14,7 @@ class CheckpointError(RuntimeError):
 
 class JoinTimeout(RuntimeError):
     """The RPC group did not form within --join-timeout; the message names who never came."""
+
+
+class SupervisorGone(JoinTimeout):
+    """The process that started this one died while the job was still forming: nobody will come."""

@@ -87,7 +87,7 @@ def load_resume(config: RunConfig, meta: dict[str, Any], model_shapes: dict[str,
 
 
 def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, port: int,
-               signals: StopSignals) -> int:
+               signals: StopSignals, parent: int | None = None) -> int:
     """The PS (world_size > 1) or the single process (world_size == 1)."""
 
     from . import transport
@@ -145,7 +145,7 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
         _log(role, f"waiting up to {config.join_timeout:g}s (--join-timeout) for {world_size - 1} "
                    f"workers to join at {host}:{port}")
         try:
-            transport.init(0, world_size, host, port, config.join_timeout, config)
+            transport.init(0, world_size, host, port, config.join_timeout, config, parent)
         except RuntimeError as exc:  # JoinTimeout, or torch's own error: the job never formed
             _end_before_training(role, events, server, str(exc) if isinstance(exc, JoinTimeout)
                                  else f"RPC did not start: {_reason(exc)}")
@@ -233,7 +233,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def run_worker_process(rank: int, world_size: int, host: str, port: int, signals: StopSignals,
-                       join_timeout: float) -> int:
+                       join_timeout: float, parent: int | None = None) -> int:
     from . import transport
     from .data import Split, worker_shards
     from .datacheck import local_copy_problem
@@ -244,7 +244,7 @@ def run_worker_process(rank: int, world_size: int, host: str, port: int, signals
     _log(role, f"joining the parameter server at {host}:{port} (waits up to {join_timeout:g}s, "
                "--join-timeout)")
     try:
-        transport.init(rank, world_size, host, port, join_timeout)
+        transport.init(rank, world_size, host, port, join_timeout, parent=parent)
     except RuntimeError as exc:  # JoinTimeout, or torch's own error; the join thread may be stuck
         _log(role, f"{exc if isinstance(exc, JoinTimeout) else _reason(exc)}. Exiting.")
         _exit(EXIT_FAILED)
@@ -310,6 +310,7 @@ def _role_from_env() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     signals = StopSignals(_role_from_env()).install()  # first: a stop while torch loads ends quietly
+    parent = os.getppid()  # who started us: its death while the job forms ends the wait
     parser = argparse.ArgumentParser(prog="python -m engine.node")
     parser.add_argument("--role", choices=("ps", "worker", "single"))
     parser.add_argument("--run-dir", help="the run directory with config.json (the PS needs it; a "
@@ -329,11 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         startup_fingerprint()  # before anything else runs: this is the code this process loaded
         if role == "worker":
             join_timeout = (config or RunConfig()).join_timeout
-            return run_worker_process(rank, world_size, host, port, signals, join_timeout)
+            return run_worker_process(rank, world_size, host, port, signals, join_timeout, parent)
         if config is None:
             print("adt node: the PS needs --run-dir DIR holding config.json.", file=sys.stderr)
             return EXIT_BAD_INPUT
-        return run_server(config.validate(), Path(args.run_dir), world_size, host, port, signals)
+        return run_server(config.validate(), Path(args.run_dir), world_size, host, port, signals,
+                          parent)
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"adt {role}: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT

@@ -89,7 +89,7 @@ class WorkerState:
     pid: int
     host: str
     last_seen: float = field(default_factory=time.monotonic)  # its last request the PS handled
-    arrived: float = 0.0  # its latest request's arrival (RPC thread), handled or still queued
+    pending: int = 0  # its requests that arrived and wait for the apply thread
     epoch_done: int = -1
     left: bool = False
     lost: bool = False
@@ -150,6 +150,7 @@ class ParameterServer:
         self._interval: dict[str, list[float]] = {"staleness": [], "apply_ms": []}
         self._interval_updates = 0
         self._host = socket.gethostname()
+        self._pending_lock = threading.Lock()
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._apply_thread = threading.Thread(target=self._apply_loop, name="ps-apply", daemon=True)
         self._apply_thread.start()
@@ -177,7 +178,12 @@ class ParameterServer:
     def refresh(self, worker: int) -> torch.futures.Future:
         """The current parameters for a worker about to take its first step."""
         self._heard(worker)
-        return self._submit(lambda: self._reply(worker, True))
+
+        def reply() -> Reply:
+            self._answered(self.workers[worker])
+            return self._reply(worker, True)
+
+        return self._submit(reply)
 
     def pull(self) -> torch.futures.Future:
         """The plain transport's separate pull: every parameter as its own CPU tensor."""
@@ -200,11 +206,18 @@ class ParameterServer:
         return future
 
     def _heard(self, worker: int) -> None:
-        """A request arrived (any thread). While the PS owes a worker a reply, the worker is not
+        """A request arrived (RPC thread). While the PS owes a worker a reply, the worker is not
         silent, however long validation or a checkpoint keeps the apply thread busy."""
-        state = self.workers.get(worker)
-        if state is not None:
-            state.arrived = time.monotonic()  # one assignment: safe beside the apply thread
+        with self._pending_lock:
+            state = self.workers.get(worker)
+            if state is not None:
+                state.pending += 1
+
+    def _answered(self, state: WorkerState) -> None:
+        """The apply thread handles a request of this worker: it was heard from now."""
+        with self._pending_lock:
+            state.pending = max(0, state.pending - 1)
+        state.last_seen = time.monotonic()
 
     def leave(self, worker: int, reason: str) -> torch.futures.Future:
         return self._submit(lambda: self._leave(worker, reason))
@@ -257,7 +270,8 @@ class ParameterServer:
                     samples: int, metrics: dict[str, Any] | None, reply_params: bool) -> Reply:
         start = time.perf_counter()
         state = self.workers[worker]
-        state.last_seen, state.pushed = time.monotonic(), True
+        self._answered(state)
+        state.pushed = True
         if state.lost:
             state.lost = False
             self._alert("warning", "worker_lost", f"worker {worker} is back after being silent", worker)
@@ -314,7 +328,7 @@ class ParameterServer:
 
     def _epoch_done(self, worker: int, epoch: int, future: torch.futures.Future) -> None:
         self.workers[worker].epoch_done = epoch
-        self.workers[worker].last_seen = time.monotonic()
+        self._answered(self.workers[worker])  # it now waits at the barrier: never silent there
         self._barrier.append((worker, future))
         self._check_barrier()
 
@@ -483,7 +497,7 @@ class ParameterServer:
         for index, state in self.workers.items():
             if not state.active:
                 continue
-            owed = state.arrived > state.last_seen  # a request of its waits behind the apply thread
+            owed = state.pending > 0  # a request of its waits behind the apply thread
             if state.host == self._host and not _alive(state.pid):
                 state.lost = True
                 self._alert("error", "worker_lost", f"worker {index} (pid {state.pid}) died; the run "

@@ -20,17 +20,19 @@ from torch.distributed import rpc
 
 from . import listen
 from .config import RunConfig
-from .errors import JoinTimeout
+from .errors import JoinTimeout, SupervisorGone
 from .placement import device_for, local_slot
 from .server import ParameterServer, Reply, worker_names
 
 PS_NAME = "ps"
 PING_EVERY = 5.0  # seconds at the epoch barrier between pings of the PS
+PARENT_CHECK_EVERY = 0.5  # seconds between looks at whether the supervisor still lives, while joining
 _server: ParameterServer | None = None  # set in the PS process by serve()
 
 
 def init(rank: int, world_size: int, host: str, port: int, join_timeout: float,
-         config: RunConfig | None = None, timeout: float = 120.0) -> RunConfig | None:
+         config: RunConfig | None = None, parent: int | None = None,
+         timeout: float = 120.0) -> RunConfig | None:
     """Join the RPC group: rank 0 is the PS, rank k > 0 is worker k-1. Returns the job's config:
     rank 0 gives it (and publishes it in the rendezvous store); every worker gets it from there,
     so that devices come from the run's config on every machine, with or without a run dir.
@@ -41,7 +43,8 @@ def init(rank: int, world_size: int, host: str, port: int, join_timeout: float,
     and parameters GPU to GPU, with no host round trip.
 
     Raises JoinTimeout, naming who never came, when the group has not formed after `join_timeout`
-    seconds. torch joins on a helper thread while this (main) thread waits, so that a stop signal
+    seconds, and SupervisorGone once `parent` (the pid that started this process, read when it
+    started) is no longer its parent. torch joins on a helper thread while this (main) thread waits, so that a stop signal
     ends the wait at once (engine/stopping.py): inside torch's rendezvous it would run only when
     torch returns. After a JoinTimeout or a stop that thread may still be stuck in torch, so the
     process must leave with os._exit.
@@ -74,11 +77,28 @@ def init(rank: int, world_size: int, host: str, port: int, join_timeout: float,
         done.set()
 
     threading.Thread(target=join, name="adt-rpc-join", daemon=True).start()
-    if not done.wait(join_timeout):
-        raise JoinTimeout(_not_joined(rank, world_size, host, port, join_timeout))
+    _wait_for_the_group(done, join_timeout, parent,
+                        lambda: _not_joined(rank, world_size, host, port, join_timeout))
     if failure:
         raise failure[0]
     return config if rank == 0 else received[0]
+
+
+def _wait_for_the_group(done: threading.Event, join_timeout: float, parent: int | None,
+                        missing: Any) -> None:
+    """Until the group forms: JoinTimeout after `join_timeout`, SupervisorGone as soon as the
+    process that started this one (adt's supervisor, or torchrun's agent) dies. A job still
+    forming cannot be watched or stopped by anyone else, and its peers were most likely killed
+    with it (a closed terminal, the OOM killer): waiting the whole join timeout would hold the
+    port and, on a GPU, its memory for minutes. Once the job trains it outlives its supervisor
+    (`adt watch` re-attaches)."""
+    deadline = time.monotonic() + join_timeout
+    while not done.wait(PARENT_CHECK_EVERY):
+        if parent is not None and os.getppid() != parent:
+            raise SupervisorGone(f"its supervisor (pid {parent}, the process that started it) died while the job "
+                                 "was still forming; nothing was trained")
+        if time.monotonic() > deadline:
+            raise JoinTimeout(missing())
 
 
 def _set_devices(options: rpc.TensorPipeRpcBackendOptions, config: RunConfig, rank: int) -> None:
