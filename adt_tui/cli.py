@@ -60,7 +60,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    "or package.module:build")
     p.add_argument("--small-input-stem", help="ResNets: 3x3 stride-1 first convolution and no max-pool; "
                    "auto (on for images up to 64 px), on or off")
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--num-classes", type=int, help="classes the model predicts (default 0: as many as the data's manifest lists)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-updates", type=int, help="stop after this many updates (0: all epochs)")
     p.add_argument("--batch-size", type=int)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -33,6 +34,7 @@ class Printer:
         self.tty = out.isatty()
         self.train_samples = 0
         self.epochs = 0
+        self.interval = 1.0  # seconds a progress line's staleness covers (--log-interval)
         self.epoch_base = 0  # samples_seen when the current epoch began
         self.last_plain = 0.0
         self.bar_open = False
@@ -53,6 +55,7 @@ class Printer:
         kind = e["kind"]
         if kind == "run_start":
             self.train_samples, self.epochs = e["train_samples"], e["config"]["epochs"]
+            self.interval = e["config"]["log_interval"]
             self.line(f"run {e['run_id']}: {e['model']}, {e['mode']} with {e['workers']} workers, "
                       f"{e['train_samples']} train / {e['val_samples']} val samples, "
                       f"code {e['code']['fingerprint']}" + (" (resumed)" if e["resumed"] else ""))
@@ -87,15 +90,20 @@ class Printer:
                 self.line(summary)
 
     def _progress(self, e: dict[str, Any]) -> None:
+        if e["epoch"] >= self.epochs:  # after the last epoch's end: nothing left to count
+            return
         done = max(0, e["samples_seen"] - self.epoch_base)
         total = max(self.train_samples, 1)
         stale = e["staleness"]
-        text = (f"epoch {min(e['epoch'] + 1, self.epochs)}/{self.epochs} {min(done, total)}/{total} | version {e['version']} "
-                f"| {e['updates_per_s']:.1f} upd/s | staleness p50 {stale['p50']} max {stale['max']} "
-                f"| dropped {e['dropped']}")
+        p50 = "-" if stale["p50"] is None else f"{stale['p50']:g}"
+        text = (f"epoch {e['epoch'] + 1}/{self.epochs} {min(done, total)}/{total} | version {e['version']} "
+                f"| {e['updates_per_s']:.1f} upd/s | staleness p50 {p50} max {stale['max']} "
+                f"(last {self.interval:g}s) | dropped {e['dropped']}")
         if self.tty:
             filled = int(24 * min(done, total) / total)
-            self.out.write(f"\r[{'#' * filled}{'.' * (24 - filled)}] {text}\033[K")
+            line = f"[{'#' * filled}{'.' * (24 - filled)}] {text}"
+            width = shutil.get_terminal_size().columns - 1  # a wrapped \r line cannot be redrawn
+            self.out.write(f"\r{line[:width]}\033[K")
             self.out.flush()
             self.bar_open = True
         elif time.monotonic() - self.last_plain >= 5:
@@ -117,7 +125,9 @@ def curve_summary(curves: Curves) -> str:
         parts.append(f"val acc {acc.y[0]:.1%} -> {acc.y[-1]:.1%} (best {acc.y[best]:.1%} at "
                      f"{acc.x[best]:,.0f} samples)")
     if curves.staleness_counts:
-        parts.append(f"staleness median {curves.staleness_median():g}, max {max(curves.staleness_counts)}")
+        pushes = sum(curves.staleness_counts.values())
+        parts.append(f"staleness of all {pushes:,} pushes: median {curves.staleness_median():g}, "
+                     f"max {max(curves.staleness_counts)}")
     return "curves: " + "; ".join(parts) if parts else ""
 
 

@@ -94,7 +94,7 @@ def find_run(run_id: str, runs_dir: str | Path = "runs") -> Path:
         if (candidate / "config.json").is_file():
             return candidate.resolve()
     raise ConfigError("run_id", f"names {run_id!r}, which is not a run in {Path(runs_dir).resolve()}",
-                      "pick an id from `adt runs` (or pass --runs-dir)")
+                      "pick an id from `adt runs` (or pass --runs-dir)", heading="no such run")
 
 
 def runs_table(runs: list[RunInfo]) -> str:

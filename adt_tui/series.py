@@ -121,7 +121,7 @@ class Curves:
     staleness_p50: Series = field(default_factory=Series)
     staleness_max: Series = field(default_factory=Series)
     epochs: list[Mark] = field(default_factory=list)
-    staleness_counts: Counter[int] = field(default_factory=Counter)  # every worker report, exact
+    staleness_counts: Counter[int] = field(default_factory=Counter)  # every push's, from the PS
     samples: float = 0.0  # samples seen so far (all workers): the x of the next point
     t0: float | None = None
     changes: int = 0  # moves whenever a curve moved: charts redraw only then
@@ -162,6 +162,8 @@ class Curves:
             stale = e.get("staleness") or {}
             self.staleness_p50.add(t, x, num(stale.get("p50")))
             self.staleness_max.add(t, x, num(stale.get("max")))
+            for value, count in (stale.get("hist") or {}).items():
+                self.staleness_counts[int(value)] += int(count)
         elif kind == "validation":
             x = self._ps_samples(e)
             self.val_loss.add(t, x, num(e.get("loss")))
@@ -193,9 +195,6 @@ class Curves:
             self.train_loss[w], self.train_acc[w] = Series(), Series()
         self.train_loss[w].add(t, x, num(e.get("loss")))
         self.train_acc[w].add(t, x, num(e.get("acc")))
-        stale = e.get("staleness")
-        if isinstance(stale, int) and not isinstance(stale, bool):
-            self.staleness_counts[stale] += 1
 
     def _ps_samples(self, e: dict[str, Any]) -> float:
         """The PS's own count (the truth for its points), continued across resumes."""

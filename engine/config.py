@@ -28,9 +28,10 @@ AUTO = -1  # workers, loader_workers: decided by the placement (engine/placement
 class ConfigError(ValueError):
     """A config value a person must fix; `str()` is the whole message."""
 
-    def __init__(self, field_name: str, problem: str, fix: str, source: str = "") -> None:
+    def __init__(self, field_name: str, problem: str, fix: str, source: str = "",
+                 heading: str = "config error") -> None:
         where = f" in {source}" if source else ""
-        super().__init__(f"config error{where}: '{field_name}' {problem}. Fix: {fix}.")
+        super().__init__(f"{heading}{where}: '{field_name}' {problem}. Fix: {fix}.")
         self.field, self.problem, self.fix = field_name, problem, fix
 
 
@@ -132,7 +133,7 @@ class RunConfig:
         except ConfigError as exc:
             bad("model", exc.problem, exc.fix)
         if self.small_input_stem not in SMALL_INPUT_STEMS:
-            bad("small_input_stem", f"is {self.small_input_stem!r}", f"use one of {SMALL_INPUT_STEMS}")
+            bad("small_input_stem", f"is {self.small_input_stem!r}", f"use one of {', '.join(SMALL_INPUT_STEMS)}")
         if self.small_input_stem == "on" and not resnet_family(self.model):
             bad("small_input_stem", f"is 'on', but model {self.model!r} is not a torchvision ResNet "
                 "(resnet*, resnext*, wide_resnet*), the only models with that stem",
@@ -141,16 +142,16 @@ class RunConfig:
             if not isinstance(path, str) or not Path(path).expanduser().exists():
                 bad("watch", f"names {path!r}, which does not exist", "pass an existing file or directory")
         if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", f"is {self.optimizer!r}", f"use one of {OPTIMIZERS}")
+            bad("optimizer", f"is {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
         if self.update_rule not in UPDATE_RULES:
-            bad("update_rule", f"is {self.update_rule!r}", f"use one of {UPDATE_RULES}")
+            bad("update_rule", f"is {self.update_rule!r}", f"use one of {', '.join(UPDATE_RULES)}")
         if self.update_rule.startswith("lookahead") and self.optimizer != "sgd":
             bad("update_rule", f"is {self.update_rule!r}, which extrapolates SGD's momentum, but the optimizer is "
                 f"{self.optimizer!r}", "use --optimizer sgd, or another update rule")
         if self.lr_schedule not in LR_SCHEDULES:
-            bad("lr_schedule", f"is {self.lr_schedule!r}", f"use one of {LR_SCHEDULES}")
+            bad("lr_schedule", f"is {self.lr_schedule!r}", f"use one of {', '.join(LR_SCHEDULES)}")
         if self.augment not in AUGMENTS:
-            bad("augment", f"is {self.augment!r}", f"use one of {AUGMENTS}")
+            bad("augment", f"is {self.augment!r}", f"use one of {', '.join(AUGMENTS)}")
         if parse_warmup(self.warmup) is None:
             bad("warmup", f"is {self.warmup!r}", "pass updates (e.g. 300) or epochs (e.g. 1ep, 0.5ep)")
         if self.local_steps < 1:
@@ -170,9 +171,9 @@ class RunConfig:
             bad("mps", "is on, but device is 'cpu': MPS shares a GPU between processes",
                 "pass --device cuda, or leave out --mps")
         if self.transport not in TRANSPORTS:
-            bad("transport", f"is {self.transport!r}", f"use one of {TRANSPORTS}")
+            bad("transport", f"is {self.transport!r}", f"use one of {', '.join(TRANSPORTS)}")
         if self.transfer_dtype not in TRANSFER_DTYPES:
-            bad("transfer_dtype", f"is {self.transfer_dtype!r}", f"use one of {TRANSFER_DTYPES}")
+            bad("transfer_dtype", f"is {self.transfer_dtype!r}", f"use one of {', '.join(TRANSFER_DTYPES)}")
         if not self.lr > 0:
             bad("lr", f"is {self.lr}, but the learning rate must be positive", "pass e.g. --lr 0.05")
         for name in ("workers", "loader_workers"):

@@ -121,8 +121,15 @@ def test_resume_continues_version_epoch_and_optimizer(tiny_data, tmp_path):
     after = [e for e in events if e["kind"] == "ps_metrics" and e["t"] > starts[1]["t"] and e["version"] > v1["version"]]
     assert after, events
     for e in after:
+        # The last update's LR was taken at most one batch per worker before `samples_seen`, so
+        # it lies on the curve somewhere in that window; the window may hold the warmup's end,
+        # where the curve rises to the peak and then decays (a reporting interval that holds
+        # just the first update after the resume sees exactly the peak), so bound it by the
+        # window's lowest and highest point.
         updates = e["samples_seen"] / config.batch_size
-        assert curve(updates) <= e["lr"] <= curve(updates - config.workers), e
+        window = [updates - config.workers * k / 8 for k in range(9)] + [
+            w for w in (curve.warmup,) if updates - config.workers <= w <= updates]
+        assert min(map(curve, window)) <= e["lr"] <= max(map(curve, window)), e
     assert v2["samples_seen"] == 2 * 1200
 
 

@@ -29,6 +29,10 @@ def recorded_run(runs: Path, run_id: str, workers: int, accs: list[float], loss:
             events.append({"kind": "worker_metrics", "t": t0 + 10 * epoch + 5, "worker": worker,
                            "loss": loss, "acc": acc - 0.05, "staleness": worker,
                            "samples": 100 * (epoch + 1), "timing": {"data": 1.0}})
+        if workers:  # the PS's count of every push's staleness in the interval
+            events.append({"kind": "ps_metrics", "t": t0 + 10 * epoch + 6, "samples_seen": 100 * (epoch + 1),
+                           "version": 10 * (epoch + 1), "epoch": epoch, "lr": 0.1,
+                           "staleness": {"p50": 0, "p95": 1, "max": 1, "hist": {"0": 5, "1": 5}}})
         events.append({"kind": "validation", "t": t0 + 10 * epoch + 9, "samples_seen": 100 * (epoch + 1),
                        "loss": 1.0 - acc, "acc": acc, "chance": 0.25})
         events.append({"kind": "epoch_end", "t": t0 + 10 * epoch + 9, "epoch": epoch,

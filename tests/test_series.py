@@ -95,12 +95,16 @@ def test_resume_continues_the_samples_axis_instead_of_going_back() -> None:
     assert [m.label for m in curves.epochs] == ["epoch 1", "resumed"]
 
 
-def test_staleness_median_counts_every_report() -> None:
+def test_staleness_median_counts_every_push_the_ps_saw() -> None:
+    """From the PS's per-interval histograms: every push, not one sample per worker report (the
+    headless summary once said "max 8" where no progress line had shown more than 3)."""
     curves = Curves()
-    for stale in (0, 1, 1, 5):
-        curves.apply(ev("worker_metrics", worker=0, samples=1, loss=1, acc=0.5, staleness=stale,
-                        timing=TIMING))
+    for hist in ({"0": 3, "1": 1}, {"1": 2, "5": 1}):
+        curves.apply(ev("ps_metrics", version=1, epoch=0, samples_seen=64, updates_per_s=1.0, lr=0.1,
+                        dropped=0, staleness={"p50": 1, "p95": 5, "max": 5, "hist": hist}))
+    curves.apply(ev("worker_metrics", worker=0, samples=1, loss=1, acc=0.5, staleness=9, timing=TIMING))
     assert curves.staleness_median() == 1 and max(curves.staleness_counts) == 5
+    assert sum(curves.staleness_counts.values()) == 7
 
 
 @pytest.mark.anyio
