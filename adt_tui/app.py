@@ -83,7 +83,7 @@ class AdtApp(App[int]):
                 "(asks: resume from the last checkpoint or start fresh)"),
         Binding("s", "stop", "Stop", tooltip="Stop the job: graceful (final checkpoint), then "
                 "forced after the grace period; the monitor stays open"),
-        Binding("b", "bring_back", "Bring back", show=False, tooltip="A worker died: checkpoint now and "
+        Binding("b", "bring_back", "Bring back", tooltip="A worker died: checkpoint now and "
                 "restart the job from there, so it trains again (automatic with --max-restarts)"),
         Binding("l", "toggle_log", "Logs", tooltip="Show or hide the log view (tabs pick the process)"),
         Binding("c", "next_chart", "Chart", tooltip="Show the next chart (loss, accuracy, learning "
@@ -145,6 +145,7 @@ class AdtApp(App[int]):
         self.stale_seen_at: float | None = None  # monotonic: when the warning went up
         self.stopping = False
         self.busy = False  # a stop or restart is under way: keys r/s/q wait for it
+        self._stop_dialog: ChoiceScreen | None = None  # the open "Stop the job?" question
         self.detached = False  # quit while leaving the job running
         self.finalized = False
         self._reported_exits: set[int] = set()
@@ -277,7 +278,11 @@ class AdtApp(App[int]):
         # second means a clean end (run_end) is known before its process exits are judged.
         self._backlog = self._ingest(budget=INGEST_BUDGET)
         self._note_exits()
-        lost = self.supervisor.lost_worker() if self.owned and not self.busy else None
+        if self._stop_dialog is not None and not self.job_running():
+            # The job ended while the question was open: its pids are gone, nothing to stop.
+            self._stop_dialog.dismiss(None)
+            self.notify("The job ended by itself; nothing to stop.", severity="information")
+        lost = self._lost_worker()
         if lost is not None and self.supervisor.may_restart(lost.worker):  # type: ignore[union-attr]
             self._bring_back(lost, automatic=True)
         now = time.monotonic()
@@ -357,8 +362,12 @@ class AdtApp(App[int]):
         self._drawn = self.state.events
         hint = ("Press r to restart with the current code." if self.owned else
                 "This monitor only watches: restart the job from a shell to run the new code.")
+        lost = self._lost_worker()
         self.alert_bar.show(self._stale_names(), list(self.state.alerts), hint,
-                            limit=1 if self.short else 3)
+                            limit=1 if self.short else 3,
+                            lost=None if lost is None else f"{lost.label}: press b to bring it back "
+                            "(a checkpoint now, then the whole job restarts from it)")
+        self.refresh_bindings()  # b shows in the footer while a worker is lost
         self.table.show(process_rows(self.state, self.usage, self.gpus), self.narrow, bool(self.gpus))
         self._draw_detail()
         if self.run_dir is not None:  # every process that ever wrote a log, this run or an earlier start
@@ -461,7 +470,12 @@ class AdtApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "next_chart":
             return self.narrow  # with room for every chart there is nothing to cycle
+        if action == "bring_back":  # in the footer only while there is a worker to bring back
+            return self._lost_worker() is not None
         return True
+
+    def _lost_worker(self) -> Child | None:
+        return self.supervisor.lost_worker() if self.owned and not self.busy else None  # type: ignore[union-attr]
 
     def action_next_chart(self) -> None:
         self.chart_index = (self.chart_index + 1) % len(CHARTS)
@@ -510,10 +524,12 @@ class AdtApp(App[int]):
                    "is killed.")
 
         def answered(choice: str | None) -> None:
-            if choice == "yes":
+            self._stop_dialog = None
+            if choice == "yes" and self.job_running():
                 self._stop_then(None)
 
-        self.push_screen(confirm("Stop the job?", message, "Stop"), answered)
+        self._stop_dialog = confirm("Stop the job?", message, "Stop")
+        self.push_screen(self._stop_dialog, answered)
 
     def action_restart(self) -> None:
         if not self.owned:
@@ -552,9 +568,9 @@ class AdtApp(App[int]):
         assert sup is not None
         count = (f" (restart {sup.restarts.get(lost.worker, 0) + 1} of {sup.config.max_restarts})"
                  if automatic else "")
-        self.notify(f"{lost.name} {describe_exit(lost.exit_code)}: restarting the job from a checkpoint "
+        self.notify(f"{lost.label} {describe_exit(lost.exit_code)}: restarting the job from a checkpoint "
                     f"taken now{count}.", title="bringing a worker back", severity="warning")
-        self._stop_then(f"bring-back:{lost.worker}:{lost.name} {describe_exit(lost.exit_code)}")
+        self._stop_then(f"bring-back:{lost.worker}:{lost.label} {describe_exit(lost.exit_code)}")
 
     def action_quit_monitor(self) -> None:
         if self.busy:

@@ -215,7 +215,7 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
                 printer.line(line)
             for child in supervisor.poll():
                 if child is not main and child.exit_code != 0:
-                    printer.line(f"ERROR: {child.name} (pid {child.pid}) exited with code "
+                    printer.line(f"ERROR: {child.label} (pid {child.pid}) exited with code "
                                  f"{child.exit_code}; see {child.log_path}")
             lost = supervisor.lost_worker()
             if lost is not None and supervisor.may_restart(lost.worker):
@@ -246,9 +246,9 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
 def bring_back(supervisor: Supervisor, lost: Child, printer: Printer, tail: EventTail) -> None:
     """Restart the job from a checkpoint taken now, so the lost worker trains again."""
     used = supervisor.restarts.get(lost.worker, 0) + 1
-    printer.line(f"{lost.name} {describe_exit(lost.exit_code)}: restarting the job from a checkpoint taken "
+    printer.line(f"{lost.label} {describe_exit(lost.exit_code)}: restarting the job from a checkpoint taken "
                  f"now to bring it back (restart {used} of {supervisor.config.max_restarts})")
-    why = f"{lost.name} {describe_exit(lost.exit_code)}"
+    why = f"{lost.label} {describe_exit(lost.exit_code)}"
     restarted = supervisor.restart(lost.worker, why)
     for e in tail.poll():
         printer.event(e)
@@ -281,7 +281,7 @@ def finish(supervisor: Supervisor, printer: Printer, interrupted: bool) -> int:
     if printer.outcome is None and interrupted and (main is None or main.exit_code in (0, -signal.SIGTERM)):
         printer.line(stopped_where(printer))  # the PS could not say so itself
     elif printer.outcome is None:
-        printer.line(f"run failed: {main.name} exited with code {main.exit_code} before the run "
+        printer.line(f"run failed: {main.label} exited with code {main.exit_code} before the run "
                      f"ended; see {main.log_path}")
         tail = _log_tail(main.log_path)
         if tail:

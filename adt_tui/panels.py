@@ -257,13 +257,19 @@ def _cell(column: Column, cells: dict[str, str | Text]) -> str | Text:
 
 
 def alert_lines(stale_paths: list[str], alerts: list[Alert], limit: int = 3,
-                hint: str = "Press r to restart with the current code.") -> Text:
-    """The stale-code warning first (it persists), then the newest alerts."""
+                hint: str = "Press r to restart with the current code.", lost: str | None = None) -> Text:
+    """The stale-code warning first (it persists), then how to bring back a lost worker, then the
+    newest alerts."""
     text = Text()
     if stale_paths:
         names = ", ".join(stale_paths[:4]) + (f" (+{len(stale_paths) - 4} more)" if len(stale_paths) > 4 else "")
         text.append(" STALE CODE ", "bold black on yellow")
         text.append(f" changed since the job started: {names}. {hint}", "yellow")
+    if lost:
+        if text:
+            text.append("\n")
+        text.append(" WORKER LOST ", "bold white on red")
+        text.append(f" {lost}", "red")
     for alert in alerts[-limit:]:
         if text:
             text.append("\n")
@@ -285,8 +291,9 @@ class AlertBar(Static):
 
     _shown: Text | None = None
 
-    def show(self, stale_paths: list[str], alerts: list[Alert], hint: str, limit: int = 3) -> None:
-        text = alert_lines(stale_paths, alerts, limit=limit, hint=hint)
+    def show(self, stale_paths: list[str], alerts: list[Alert], hint: str, limit: int = 3,
+             lost: str | None = None) -> None:
+        text = alert_lines(stale_paths, alerts, limit=limit, hint=hint, lost=lost)
         if text == self._shown:
             return  # a new layout is costly and this bar changes rarely
         self._shown = text

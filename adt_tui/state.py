@@ -208,8 +208,10 @@ class RunState:
         self.starts += 1
         if self.start_t is None:
             self.start_t = t
-        # A resume continues the same run: keep the curves, forget how the last attempt ended.
+        # A resume continues the same run: keep the curves, forget how the last attempt ended,
+        # and the exits of its processes (the new ones are what the banner is about).
         self.outcome, self.end_t, self.end_message = None, None, ""
+        self.alerts = deque((a for a in self.alerts if a.code != "process_exit"), maxlen=MAX_ALERTS)
         self.server.role = "single" if self.mode == "single" else "ps"
         self.server.pid = e.get("pid", self.server.pid)
         self.server.exited, self.server.exit_code, self.server.exit_reason = False, None, ""
@@ -280,8 +282,8 @@ class RunState:
                                 maxlen=MAX_ALERTS)
         proc.pid = pid or proc.pid
         proc.exited, proc.exit_code, proc.exit_reason = True, code, e.get("reason", "")
-        # An exit before the run ended, or a failed exit, is news; a clean exit at the end is not.
-        if not self.ended or code not in (0, None):
+        # A failed or lost process is news; a clean exit (code 0: a stop, or the end) is not.
+        if code != 0:
             name = f"worker {e.get('worker')}" if role == "worker" else role
             level = "error" if code not in (0, None) else "warning"
             self.alerts.append(Alert(t, level, "process_exit",

@@ -58,6 +58,11 @@ class Child:
     def running(self) -> bool:
         return not self.exited
 
+    @property
+    def label(self) -> str:
+        """Its name for people, as every other line says it: "worker 0", "ps", "single"."""
+        return f"worker {self.worker}" if self.role == "worker" else self.name
+
 
 class Supervisor:
     """Start, watch and stop one job: a PS and N workers, or one single process (--workers 0)."""
@@ -268,7 +273,7 @@ class Supervisor:
         if not run_ended and main is not None:
             outcome = "stopped" if self.stopping and main.exit_code in (0, -15) else "failed"
             writer.emit("run_end", outcome=outcome, version=None, epoch=None, best_val_acc=None,
-                        message=f"{main.name} {describe_exit(main.exit_code)} before the run ended; "
+                        message=f"{main.label} {describe_exit(main.exit_code)} before the run ended; "
                                 f"see {main.log_path}")
         writer.close()
 
