@@ -168,7 +168,8 @@ class AdtApp(App[int]):
         yield self.table
         yield Grid(*self.charts.values(), self.detail, id="charts")
         yield self.log_view
-        yield Footer()
+        self.footer = Footer()
+        yield self.footer
 
     def on_resize(self, event: events.Resize) -> None:
         self.layout_for(event.size.width, event.size.height)
@@ -178,6 +179,7 @@ class AdtApp(App[int]):
         self.narrow, self.short = width < NARROW, height < SHORT
         self.set_class(self.narrow, "-narrow")
         self.set_class(self.short, "-short")
+        self.footer.compact = self.narrow  # 80 columns then keep "? Help" and "q Quit"
         self.log_view.display = (not self.short) if self.logs_wanted is None else self.logs_wanted
         self._show_current_chart()
         self.refresh_bindings()

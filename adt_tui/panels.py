@@ -75,11 +75,12 @@ def header_text(run: RunState, info: HeaderInfo, now: float) -> Text:
     )
     if info.now_fingerprint and info.now_fingerprint != info.started_fingerprint:
         text.append_text(Text.assemble((" → now ", "yellow"), (info.now_fingerprint, "bold yellow")))
+    # Workers and elapsed time before the model and data: an 80-column terminal keeps them.
     text.append_text(Text.assemble(
-        "  ", ("model ", "dim"), run.model or cfg.get("model", "—"), "  ",
-        ("data ", "dim"), data, "  ",
-        ("workers ", "dim"), str(workers), "  ",
-        ("elapsed ", "dim"), clock(run.elapsed(now)),
+        "  ", ("workers ", "dim"), str(workers), "  ",
+        ("elapsed ", "dim"), clock(run.elapsed(now)), "  ",
+        ("model ", "dim"), run.model or cfg.get("model", "—"), "  ",
+        ("data ", "dim"), data,
     ))
     if info.read_only:
         text.append("  read-only", "dim")
@@ -99,7 +100,19 @@ def usage_text(usage: Usage | None, gpu: GpuUsage | None) -> Text:
 
 
 # Short lines: the same text fills the detail pane (about 50 columns) and the detail screen.
-def worker_text(w: WorkerState, usage: Usage | None, gpu: GpuUsage | None = None) -> Text:
+def epoch_cell(index: int | None, total: object) -> str:
+    """An epoch as people and the headless lines count it, 1-based out of the run's total: the
+    PS's count of finished epochs (3 after a 3-epoch run) and a worker's index of the epoch it is
+    in (2 in its last) both show "3/3" at the end."""
+    if index is None:
+        return "-"
+    total = total if isinstance(total, int) and total > 0 else None
+    shown = index + 1 if total is None else min(index + 1, total)
+    return f"{shown}/{total}" if total else str(shown)
+
+
+def worker_text(w: WorkerState, usage: Usage | None, gpu: GpuUsage | None = None,
+                epochs: object = None) -> Text:
     """Everything known about one worker, for the detail pane."""
     status_style = "green" if w.status == "running" else "red" if w.exit_code else "yellow"
     timing = "  ".join(f"{k.replace('_', '/')} {fmt(v, '.1f')}" for k, v in w.timing.items())
@@ -108,7 +121,7 @@ def worker_text(w: WorkerState, usage: Usage | None, gpu: GpuUsage | None = None
         ("" if not w.exit_reason else f" ({w.exit_reason})", "dim"), "\n",
         ("pid ", "dim"), fmt(w.pid, "d"), "  ", ("host ", "dim"), w.host or "—",
         "  ", ("device ", "dim"), w.device or "—", "\n",
-        ("epoch ", "dim"), fmt(w.epoch, "d"), "  ", ("step ", "dim"), fmt(w.step, "d"),
+        ("epoch ", "dim"), epoch_cell(w.epoch, epochs), "  ", ("step ", "dim"), fmt(w.step, "d"),
         "  ", ("samples ", "dim"), fmt(w.samples, ",d"), "\n",
         (fmt(w.images_per_s, ".1f"), "bold"), (" img/s", "dim"),
         "  ", ("staleness ", "dim"), fmt(w.staleness, "d"), "\n",
@@ -130,7 +143,7 @@ def server_text(run: RunState, s: ServerState, usage: Usage | None,
         (name, "bold"), "  ", (s.status, "bold green" if s.status == "running" else "bold yellow"),
         "\n",
         ("pid ", "dim"), fmt(s.pid, "d"), "  ", ("live workers ", "dim"), fmt(s.live_workers, "d"), "\n",
-        ("version ", "dim"), (fmt(s.version, "d"), "bold"), "  ", ("epoch ", "dim"), fmt(s.epoch, "d"),
+        ("version ", "dim"), (fmt(s.version, "d"), "bold"), "  ", ("epoch ", "dim"), epoch_cell(s.epoch, run.config.get("epochs")),
         "  ", ("samples ", "dim"), fmt(s.samples_seen, ",d"), "\n",
         (fmt(s.updates_per_s, ".1f"), "bold"), (" updates/s", "dim"),
         "  ", ("apply ", "dim"), fmt(s.apply_ms, ".2f"), (" ms", "dim"),
@@ -196,9 +209,10 @@ def process_rows(run: RunState, usage: dict[int, Usage],
     """One row per process, server first: key -> column key -> cell."""
     s = run.server
     v = run.validation
+    epochs = run.config.get("epochs")
     rows: dict[str, dict[str, str | Text]] = {"ps": {
         "process": Text("single" if s.role == "single" else "server", style="bold"),
-        "state": _state(s.status, s.exit_code), "pid": fmt(s.pid, "d"), "epoch": fmt(s.epoch, "d"),
+        "state": _state(s.status, s.exit_code), "pid": fmt(s.pid, "d"), "epoch": epoch_cell(s.epoch, epochs),
         "progress": f"v{fmt(s.version, 'd')}", "rate": f"{fmt(s.updates_per_s, '.1f')} upd/s",
         "staleness": f"{fmt(s.staleness_p50, 'g')} / {fmt(s.staleness_max, 'g')}",
         "loss": fmt(v.loss if v else None, ".3f") + " val", "acc": pct(v.acc if v else None) + " val",
@@ -208,7 +222,7 @@ def process_rows(run: RunState, usage: dict[int, Usage],
         w = run.workers[index]
         rows[f"w{index}"] = {
             "process": Text(f"worker {index}", style="bold"), "state": _state(w.status, w.exit_code),
-            "pid": fmt(w.pid, "d"), "epoch": fmt(w.epoch, "d"), "progress": f"step {fmt(w.step, 'd')}",
+            "pid": fmt(w.pid, "d"), "epoch": epoch_cell(w.epoch, epochs), "progress": f"step {fmt(w.step, 'd')}",
             "rate": f"{fmt(w.images_per_s, '.0f')} img/s", "staleness": fmt(w.staleness, "d"),
             "loss": fmt(w.loss, ".3f"), "acc": pct(w.acc),
             **_usage_cells(usage.get(w.pid or -1)), **_gpu_cells(gpus.get(w.pid or -1)),
@@ -317,6 +331,6 @@ def detail_text(run: RunState, key: str | None, usage: dict[int, Usage],
     """The detail of table row `key` ("ps" or "w<index>"); the server when nothing is chosen."""
     if key and key.startswith("w") and int(key[1:]) in run.workers:
         w = run.workers[int(key[1:])]
-        return worker_text(w, usage.get(w.pid or -1), gpus.get(w.pid or -1))
+        return worker_text(w, usage.get(w.pid or -1), gpus.get(w.pid or -1), run.config.get("epochs"))
     s = run.server
     return server_text(run, s, usage.get(s.pid or -1), gpus.get(s.pid or -1))

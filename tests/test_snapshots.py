@@ -37,5 +37,12 @@ def test_narrow_screen_cycles_to_the_accuracy_chart(snap_compare) -> None:
     assert snap_compare(recorded_app(), press=["c"], terminal_size=(80, 24))
 
 
+@pytest.mark.parametrize("presses", [2, 3], ids=["learning-rate", "staleness"])
+def test_narrow_short_screen_draws_every_chart_c_picks(snap_compare, presses: int) -> None:
+    """At 80x24 c went loss -> accuracy -> blank -> blank: the learning-rate and staleness charts
+    were hidden by the short layout's rule even when picked."""
+    assert snap_compare(recorded_app(), press=["c"] * presses, terminal_size=(80, 24))
+
+
 def test_help_screen(snap_compare) -> None:
     assert snap_compare(recorded_app(), press=["question_mark"], terminal_size=(160, 48))

@@ -94,3 +94,11 @@ def test_an_exit_without_code_is_replaced_by_the_one_with_code() -> None:
     state.apply(ev("process_exit", role="worker", worker=1, pid=12, code=-9, reason="seen"))
     assert state.workers[1].status == "killed (SIGKILL)"
     assert [a.message for a in state.alerts] == ["worker 1 (pid 12) killed (SIGKILL)"]
+
+
+def test_epochs_read_the_same_for_server_workers_and_headless_at_the_end():
+    from adt_tui.panels import epoch_cell
+
+    # A finished 3-epoch run: the PS counted 3 epochs done, each worker was in epoch index 2.
+    assert epoch_cell(3, 3) == epoch_cell(2, 3) == "3/3"
+    assert epoch_cell(0, 3) == "1/3" and epoch_cell(None, 3) == "-" and epoch_cell(1, None) == "2"
