@@ -85,6 +85,10 @@ class AdtApp(App[int]):
                 "forced after the grace period; the monitor stays open"),
         Binding("b", "bring_back", "Bring back", tooltip="A worker died: checkpoint now and "
                 "restart the job from there, so it trains again (automatic with --max-restarts)"),
+        # Help and Quit before the view keys: a narrow footer cuts from the end.
+        Binding("question_mark", "help", "Help", key_display="?", tooltip="This help"),
+        Binding("q", "quit_monitor", "Quit", tooltip="Quit; asks whether to stop a running job "
+                "or leave it running in the background"),
         Binding("l", "toggle_log", "Logs", tooltip="Show or hide the log view (tabs pick the process)"),
         Binding("c", "next_chart", "Chart", tooltip="Show the next chart (loss, accuracy, learning "
                 "rate, staleness) when the screen fits only one"),
@@ -97,9 +101,6 @@ class AdtApp(App[int]):
                 "(also a click on its row)"),
         Binding("p", "screenshot_svg", "Screenshot", show=False,
                 tooltip="Save the screen as SVG in the run directory"),
-        Binding("question_mark", "help", "Help", key_display="?", tooltip="This help"),
-        Binding("q", "quit_monitor", "Quit", tooltip="Quit; asks whether to stop a running job "
-                "or leave it running in the background"),
         Binding("tab", "focus_next", "Next panel", show=False,
                 tooltip="Move to the next panel (process table, log tabs, log)"),
         Binding("shift+tab", "focus_previous", "Previous panel", show=False,
