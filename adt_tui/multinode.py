@@ -225,32 +225,37 @@ def _supervise(proc: subprocess.Popen, run_dir: Path | None, tail: EventTail | N
         _record_end(run_dir, printer, proc.returncode)
     if interrupted:
         return EXIT_INTERRUPTED
-    if proc.returncode != 0 and printer.outcome != "finished":
-        # A process of this node failed; torchrun then stops the others (the PS too, which calls
-        # that "stopped"): a failure, whatever the PS wrote.
-        printer.line(f"node {'0 ' if run_dir else ''}failed: torchrun exited with code "
-                     f"{proc.returncode}: {root_cause(log_path)}")
+    cause = failed_first(log_path) if proc.returncode != 0 and printer.outcome != "finished" else None
+    if cause is not None:
+        # A process of this node failed and torchrun stopped the others, the PS too, which calls
+        # that "stopped": a failure, whatever the PS wrote.
+        printer.line(f"node 0 failed: torchrun exited with code {proc.returncode}: {cause}; "
+                     f"see {log_path}")
         return EXIT_FAILED
-    if printer.outcome == "stopped":  # from the monitor (`adt watch`)
+    if printer.outcome == "stopped":  # here, or from the monitor (`adt watch`): torchrun got SIGTERM
         return EXIT_INTERRUPTED
-    return EXIT_OK if run_dir is None or printer.outcome == "finished" else EXIT_FAILED
+    if run_dir is None:  # other nodes: torchrun's own report went to this terminal
+        return EXIT_OK if proc.returncode == 0 else EXIT_FAILED
+    return EXIT_OK if printer.outcome == "finished" else EXIT_FAILED
 
 
-def root_cause(log_path: Path | None) -> str:
-    """torchrun's "Root Cause" summary, as one phrase: which rank failed first, and how."""
-    where = f"see {log_path}" if log_path else "see its output above"
+def failed_first(log_path: Path | None) -> str | None:
+    """From torchrun's "Root Cause" summary (written when one of its processes fails, not when it
+    is stopped by a signal): which rank failed first, and how; None without one."""
     try:
         text = log_path.read_text(errors="replace") if log_path else ""
     except OSError:
-        text = ""
+        return None
+    if "Root Cause" not in text:
+        return None
     cause = text.rpartition("Root Cause")[2]
     rank = re.search(r"rank\s*:\s*(\d+) \(local_rank: (\d+)\)", cause)
     code = re.search(r"exitcode\s*:\s*(-?\d+)", cause)
     if not (rank and code):
-        return where
+        return "a process failed"
     global_rank = int(rank[1])
     who = "the PS (rank 0)" if global_rank == 0 else f"worker {global_rank - 1} (rank {global_rank})"
-    return f"{who} failed first with exit code {code[1]}; {where}"
+    return f"{who} failed first with exit code {code[1]}"
 
 
 def _record_end(run_dir: Path, printer: Any, code: int | None) -> None:

@@ -279,4 +279,4 @@ def test_a_failed_process_fails_the_node_with_exit_1_naming_it(tiny_data, tmp_pa
 
     [code], [output] = run_nodes([command], tmp_path, when=both_train, then=kill_worker_1)
     assert code == 1, output
-    assert "node 0 failed: torchrun exited with code 1: worker 1 (rank 2) failed first with exit code -9" in output
+    assert "node 0 failed: torchrun exited with code 1: worker 1 (rank 2) failed first with exit code -9; see" in output
