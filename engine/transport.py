@@ -44,10 +44,10 @@ def init(rank: int, world_size: int, host: str, port: int, join_timeout: float,
 
     Raises JoinTimeout, naming who never came, when the group has not formed after `join_timeout`
     seconds, and SupervisorGone once `parent` (the pid that started this process, read when it
-    started) is no longer its parent. torch joins on a helper thread while this (main) thread waits, so that a stop signal
-    ends the wait at once (engine/stopping.py): inside torch's rendezvous it would run only when
-    torch returns. After a JoinTimeout or a stop that thread may still be stuck in torch, so the
-    process must leave with os._exit.
+    started) is no longer its parent. torch joins on a helper thread while this (main) thread
+    waits, so that a stop signal ends the wait at once (engine/stopping.py): inside torch's
+    rendezvous it would run only when torch returns. After a JoinTimeout or a stop that thread may
+    still be stuck in torch, so the process must leave with os._exit.
     """
     listen.pin_interface(host)
     options = rpc.TensorPipeRpcBackendOptions(
@@ -95,8 +95,8 @@ def _wait_for_the_group(done: threading.Event, join_timeout: float, parent: int 
     deadline = time.monotonic() + join_timeout
     while not done.wait(PARENT_CHECK_EVERY):
         if parent is not None and os.getppid() != parent:
-            raise SupervisorGone(f"its supervisor (pid {parent}, the process that started it) died while the job "
-                                 "was still forming; nothing was trained")
+            raise SupervisorGone(f"its supervisor (pid {parent}, the process that started it) died "
+                                 "while the job was still forming; nothing was trained")
         if time.monotonic() > deadline:
             raise JoinTimeout(missing())
 
