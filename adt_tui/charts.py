@@ -165,6 +165,19 @@ def value_label(value: float, step: float) -> str:
     return f"{value:.{decimals}f}"
 
 
+def x_tick_labels(lo: float, hi: float, count: int, axis: str) -> tuple[list[float], list[str]]:
+    """The x axis's ticks and labels, every label different: early in a run the span is a few
+    samples or seconds, and rounded labels repeated ("1.29k 1.29k 1.29k"). Samples then show in
+    full, and a tick whose label says what the one before it said is left out."""
+    ticks = nice_ticks(lo, hi, count)
+    label = count_label if axis == "samples" else time_label
+    labels = [label(t) for t in ticks]
+    if axis == "samples" and len(set(labels)) < len(labels):
+        labels = [f"{t:,.0f}" for t in ticks]
+    kept = [i for i, text in enumerate(labels) if i == 0 or text != labels[i - 1]]
+    return [ticks[i] for i in kept], [labels[i] for i in kept]
+
+
 def log_ticks(lo: float, hi: float) -> list[float]:
     """Ticks for a log axis between 10**lo and 10**hi, as exponents: 1-2-5 per decade, or
     decades only when there are many."""
@@ -251,9 +264,8 @@ class Chart(PlotextPlot):
                 plt.plot(line.xs, values, color=line.color, marker=line.marker)
         plt.xlim(x_lo, x_hi)
         plt.ylim(y_lo, y_hi)
-        ticks = nice_ticks(x_lo, x_hi, max(2, width // 14))
-        label = count_label if spec.axis == "samples" else time_label
-        plt.xticks(ticks, [label(t) for t in ticks])
+        ticks, labels = x_tick_labels(x_lo, x_hi, max(2, width // 14), spec.axis)
+        plt.xticks(ticks, labels)
         if spec.percent:
             steps = [0, 0.25, 0.5, 0.75, 1] if height >= 12 else [0, 0.5, 1]
             plt.yticks(steps, [f"{100 * s:.0f}%" for s in steps])

@@ -151,3 +151,13 @@ def test_the_headless_printer_closes_with_the_same_curves() -> None:
         printer.event(event)
     last = out.getvalue().splitlines()[-1]
     assert last.startswith("curves: train loss") and "val acc 35.0% -> 86.2% (best 93.8%" in last
+
+
+def test_x_axis_labels_never_repeat_early_in_a_run() -> None:
+    from adt_tui.charts import x_tick_labels
+
+    _, labels = x_tick_labels(1290, 1296, 4, "samples")  # was "1.29k 1.29k 1.29k"
+    assert len(set(labels)) == len(labels) >= 2 and labels[0] == "1,290"
+    _, labels = x_tick_labels(0.2, 2.4, 6, "time")  # half-second steps round to whole seconds
+    assert len(set(labels)) == len(labels)
+    assert x_tick_labels(0, 60_000, 4, "samples")[1] == ["0", "20k", "40k", "60k"]
