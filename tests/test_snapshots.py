@@ -44,5 +44,9 @@ def test_narrow_short_screen_draws_every_chart_c_picks(snap_compare, presses: in
     assert snap_compare(recorded_app(), press=["c"] * presses, terminal_size=(80, 24))
 
 
+def test_narrow_short_screen_with_logs_open_keeps_a_readable_chart(snap_compare) -> None:
+    assert snap_compare(recorded_app(), press=["l"], terminal_size=(80, 24))
+
+
 def test_help_screen(snap_compare) -> None:
     assert snap_compare(recorded_app(), press=["question_mark"], terminal_size=(160, 48))
