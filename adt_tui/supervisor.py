@@ -139,7 +139,8 @@ class Supervisor:
             env.setdefault("TP_SOCKET_IFNAME", "lo")
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")
         log_path = self.run_dir / "logs" / f"{name}.log"
-        cmd = [self.python, "-m", "engine.node", "--role", role, "--run-dir", str(self.run_dir)]
+        cmd = [self.python, "-m", "engine.node", "--role", role, "--run-dir", str(self.run_dir),
+               "--supervisor", str(os.getpid())]
         with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd(),

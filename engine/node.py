@@ -310,12 +310,16 @@ def _role_from_env() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     signals = StopSignals(_role_from_env()).install()  # first: a stop while torch loads ends quietly
-    parent = os.getppid()  # who started us: its death while the job forms ends the wait
     parser = argparse.ArgumentParser(prog="python -m engine.node")
     parser.add_argument("--role", choices=("ps", "worker", "single"))
     parser.add_argument("--run-dir", help="the run directory with config.json (the PS needs it; a "
                         "worker given one takes its --join-timeout from there)")
+    parser.add_argument("--supervisor", type=int, help="pid of the process that started this one "
+                        "(default: the parent at start); its death while the job forms ends the wait")
     args = parser.parse_args(argv)
+    # Given by adt's supervisor: it may die before this line runs (the parent is then already
+    # init). Under torchrun, its agent: the parent.
+    parent = args.supervisor or os.getppid()
     role, config = "node", None
     try:
         config = _run_config(args.run_dir)

@@ -61,7 +61,7 @@ def test_sigkill_of_a_worker_is_recorded_and_the_others_go_on(tiny_data, tmp_pat
     assert {"lost", "exited"} <= {e["reason"] for e in lost}, lost
     assert any(e["code"] == -signal.SIGKILL for e in lost)
     assert job.events("run_end")[-1]["outcome"] == "stopped"
-    assert "ERROR: worker1" in job.output and "exited with code -9" in job.output
+    assert "ERROR: worker 1" in job.output and "exited with code -9" in job.output
     assert load_checkpoint(job.checkpoint_dir / "last.pt")["version"] >= version + 20
     assert no_partial_files(job.checkpoint_dir) == []
 
