@@ -67,19 +67,18 @@ def header_text(run: RunState, info: HeaderInfo, now: float) -> Text:
     if len(data) > 40:
         data = "…" + data[-39:]
     workers = run.workers_expected if run.workers_expected is not None else cfg.get("workers", "—")
+    # Elapsed time and workers before the run id: an 80-column terminal keeps all four.
     text = Text.assemble(
         (" adt ", "bold reverse"), " ",
-        (f" {info.state.upper()} ", STATE_STYLES.get(info.state, "bold")), "  ",
+        (f" {info.state.upper()} ", STATE_STYLES.get(info.state, "bold")), " ",
+        clock(run.elapsed(now)), "  ", ("workers ", "dim"), str(workers), "  ",
         ("run ", "dim"), (run.run_id or "—", "bold"), "  ",
         ("code ", "dim"), info.started_fingerprint or "—",
     )
     if info.now_fingerprint and info.now_fingerprint != info.started_fingerprint:
         text.append_text(Text.assemble((" → now ", "yellow"), (info.now_fingerprint, "bold yellow")))
-    # Workers and elapsed time before the model and data: an 80-column terminal keeps them.
     text.append_text(Text.assemble(
-        "  ", ("workers ", "dim"), str(workers), "  ",
-        ("elapsed ", "dim"), clock(run.elapsed(now)), "  ",
-        ("model ", "dim"), run.model or cfg.get("model", "—"), "  ",
+        "  ", ("model ", "dim"), run.model or cfg.get("model", "—"), "  ",
         ("data ", "dim"), data,
     ))
     if info.read_only:
