@@ -106,6 +106,8 @@ class AdtApp(App[int]):
         Binding("shift+tab", "focus_previous", "Previous panel", show=False,
                 tooltip="Move to the previous panel; ↑ ↓ pick a process in the table"),
         Binding("ctrl+q", "quit_monitor", "Quit", show=False, tooltip="Same as q"),
+        # Textual's own ctrl+c only says "press ctrl+q": a terminal user means quit.
+        Binding("ctrl+c", "quit_monitor", "Quit", show=False, priority=True, tooltip="Same as q"),
     ]
 
     def __init__(self, config: RunConfig | None = None, *, run_dir: str | Path | None = None,
@@ -394,7 +396,7 @@ class AdtApp(App[int]):
         shown = [chart for chart in self.charts.values() if chart.display]
         turn = self._chart_turn % max(1, len(shown))
         for chart in shown[turn:] + shown[:turn]:
-            key = (self.state.curves.changes, self.axis, chart.size.width)
+            key = (self.state.curves.changes, self.axis, chart.size.width, chart.size.height)
             first = chart.drawn_key is None
             every = CHART_EVERY_CATCHING_UP if self._backlog else CHART_EVERY[chart.chart]
             if key == chart.drawn_key or not (force or first) and now - chart.drawn_at < every:
@@ -469,6 +471,9 @@ class AdtApp(App[int]):
 
     def action_toggle_log(self) -> None:
         self.logs_wanted = self.log_view.display = not self.log_view.display
+
+    def on_chart_resized(self, _message: Chart.Resized) -> None:
+        self.draw_charts(force=True)  # at the new size now, not a rate-limited tick later
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "next_chart":

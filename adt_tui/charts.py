@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from rich.text import Text
+from textual.message import Message
 from textual_plotext import PlotextPlot
 
 from .series import Curves, Series
@@ -178,6 +179,15 @@ def x_tick_labels(lo: float, hi: float, count: int, axis: str) -> tuple[list[flo
     return [ticks[i] for i in kept], [labels[i] for i in kept]
 
 
+def one_per_row(ticks: list[float], lo: float, hi: float, rows: int) -> list[float]:
+    """At most one tick per text row of the plot: two on one row overwrite each other's label,
+    and which one wins varied from run to run."""
+    kept: dict[int, float] = {}
+    for t in ticks:
+        kept.setdefault(round((t - lo) / (hi - lo) * max(1, rows - 1)) if hi > lo else 0, t)
+    return list(kept.values())
+
+
 def log_ticks(lo: float, hi: float) -> list[float]:
     """Ticks for a log axis between 10**lo and 10**hi, as exponents: 1-2-5 per decade, or
     decades only when there are many."""
@@ -216,8 +226,12 @@ class Chart(PlotextPlot):
         self._title()
         self.refresh()
 
+    class Resized(Message):
+        """The chart's size changed: its spec (points decimated to its width) needs a redraw."""
+
     def on_resize(self) -> None:
         self._title()
+        self.post_message(self.Resized())
 
     def _title(self) -> None:
         if self.spec is not None:
@@ -270,7 +284,7 @@ class Chart(PlotextPlot):
             steps = [0, 0.25, 0.5, 0.75, 1] if height >= 12 else [0, 0.5, 1]
             plt.yticks(steps, [f"{100 * s:.0f}%" for s in steps])
         elif log:
-            yt = log_ticks(y_lo, y_hi)
+            yt = one_per_row(log_ticks(y_lo, y_hi), y_lo, y_hi, height - 4)
             plt.yticks(yt, [f"{10 ** t:.3g}" for t in yt])
         else:
             yt = nice_ticks(y_lo, y_hi, max(2, height // 4))

@@ -247,3 +247,13 @@ async def test_the_stop_question_closes_when_the_job_ends_by_itself(tiny_data: P
         await pilot.press("y")  # a late answer to a closed question stops nothing, raises nothing
         await pilot.pause(0.3)
         assert not app.busy
+
+
+async def test_ctrl_c_asks_like_q_instead_of_being_ignored(monitor_config: RunConfig) -> None:
+    app = AdtApp(monitor_config)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, "the workers to train", lambda: workers_training(app))
+        await pilot.press("ctrl+c")
+        await wait_for(pilot, "the quit question", lambda: "Quit the monitor?" in screen_text(app), 5)
+        await pilot.press("s")  # stop the job and quit
+        await wait_for(pilot, "the job to stop", lambda: not app.job_running(), 60)
