@@ -233,15 +233,16 @@ async def test_lost_worker_is_brought_back_automatically_then_by_key(
     assert leftover_guard() == []
 
 
-async def test_the_stop_question_closes_when_the_job_ends_by_itself(tiny_data: Path, tmp_path: Path) -> None:
-    """s, no answer, the run finishes: the dialog must not go on offering to SIGTERM gone pids."""
-    config = tiny_config(tiny_data, tmp_path, epochs=200, max_updates=80, log_interval=0.3)
-    app = AdtApp(config)
+async def test_the_stop_question_closes_when_the_job_ends_by_itself(monitor_config: RunConfig) -> None:
+    """s, no answer, and the job ends meanwhile (here its PS is told to stop from outside, as the
+    end of its epochs would): the dialog must not go on offering to SIGTERM gone pids."""
+    app = AdtApp(monitor_config)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, "the workers to train", lambda: workers_training(app))
         await pilot.press("s")
         await wait_for(pilot, "the stop confirmation", lambda: "Stop the job?" in screen_text(app), 5)
-        await wait_for(pilot, "the job to finish by itself", lambda: app.state.outcome == "finished", 90)
+        os.kill(app.supervisor.main_child().pid, signal.SIGTERM)
+        await wait_for(pilot, "the job to end", lambda: not app.job_running(), 90)
         await wait_for(pilot, "the question to close", lambda: "Stop the job?" not in screen_text(app), 10)
         assert app.screen is app.screen_stack[0]
         await pilot.press("y")  # a late answer to a closed question stops nothing, raises nothing
