@@ -285,7 +285,8 @@ class AdtApp(App[int]):
         self._note_exits()
         if self._stop_dialog is not None and not self.job_running():
             # The job ended while the question was open: its pids are gone, nothing to stop.
-            self._stop_dialog.dismiss(None)
+            dialog, self._stop_dialog = self._stop_dialog, None
+            dialog.dismiss(None)
             self.notify("The job ended by itself; nothing to stop.", severity="information")
         lost = self._lost_worker()
         if lost is not None and self.supervisor.may_restart(lost.worker):  # type: ignore[union-attr]
