@@ -149,6 +149,7 @@ class AdtApp(App[int]):
         self.stopping = False
         self.busy = False  # a stop or restart is under way: keys r/s/q wait for it
         self._stop_dialog: ChoiceScreen | None = None  # the open "Stop the job?" question
+        self._lost_shown: Child | None = None  # the lost worker the footer's b was shown for
         self.detached = False  # quit while leaving the job running
         self.finalized = False
         self._reported_exits: set[int] = set()
@@ -373,7 +374,9 @@ class AdtApp(App[int]):
                             limit=1 if self.short else 3,
                             lost=None if lost is None else f"{lost.label}: press b to bring it back "
                             "(a checkpoint now, then the whole job restarts from it)")
-        self.refresh_bindings()  # b shows in the footer while a worker is lost
+        if (lost is None) != (self._lost_shown is None):  # b shows in the footer while one is lost
+            self._lost_shown = lost
+            self.refresh_bindings()
         self.table.show(process_rows(self.state, self.usage, self.gpus), self.narrow, bool(self.gpus))
         self._draw_detail()
         if self.run_dir is not None:  # every process that ever wrote a log, this run or an earlier start
