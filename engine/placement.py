@@ -33,6 +33,7 @@ CPU_PS_REASON = ("every step would carry the gradients from the GPU to the host,
 class Placement:
     """Concrete devices for one machine's share of a job."""
 
+    device: str  # the workers' device as the config says it: cpu, cuda (spread) or cuda:N
     workers: int  # 0: one process trains (the single process)
     worker_devices: tuple[str, ...]  # this machine's workers, in order; the single process's when 0
     ps_device: str  # the parameter server's, or the single process's
@@ -126,7 +127,7 @@ def plan(config: RunConfig, gpus: int, cpus: int, local_workers: int | None = No
     loaders = config.loader_workers
     if loaders == AUTO:
         loaders = loader_processes(cpus, max(1, here), on_gpu)
-    return Placement(workers, devices if workers else (), ps, loaders)
+    return Placement(device if workers else ps, workers, devices if workers else (), ps, loaders)
 
 
 def _ps_gpu(worker_devices: tuple[str, ...], gpus: int) -> str:
@@ -138,13 +139,7 @@ def _ps_gpu(worker_devices: tuple[str, ...], gpus: int) -> str:
 
 def apply(config: RunConfig, placement: Placement) -> RunConfig:
     """Write the placement into the config (what config.json and every process then read)."""
-    device = config.device
-    if device == "auto":
-        device = "cuda" if placement.ps_device.startswith("cuda") or any(
-            d.startswith("cuda") for d in placement.worker_devices) else "cpu"
-    if placement.workers == 0:
-        device = placement.ps_device
-    config.device, config.ps_device = device, placement.ps_device
+    config.device, config.ps_device = placement.device, placement.ps_device
     if config.workers == AUTO:
         config.workers = placement.workers
     config.loader_workers = placement.loader_workers

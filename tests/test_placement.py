@@ -111,3 +111,16 @@ def test_no_module_reads_settings_the_config_holds_from_environment_variables():
             found.setdefault(name, path.name)
     assert set(found) <= {"PROFILE"}, found  # ADT_PROFILE: a profiler switch, not a run setting
     assert not settings & set(found)
+
+
+def test_a_placement_that_cannot_work_exits_2_before_anything_starts(tiny_data, tmp_path):
+    import subprocess
+
+    from .conftest import adt_command, child_env
+
+    done = subprocess.run(adt_command("run", "--no-ui", "--data", str(tiny_data), "--device", "cuda:99",
+                                      "--runs-dir", str(tmp_path / "runs")),
+                          capture_output=True, text=True, env=child_env(), timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "'device' is 'cuda:99'" in done.stderr and "Fix:" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "runs").exists()
