@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.config import DEFAULT_DATA, UPDATE_RULES, ConfigError, RunConfig, build_config
+from engine.config import DEFAULT_DATA, UPDATE_RULES, ConfigError, RunConfig, build_config, rule_for
 from engine.errors import CheckpointError, DataError
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
@@ -72,11 +72,14 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing, e.g. 0.1")
-    p.add_argument("--augment", help="training augmentation: flip-crop (random crop + flip) or none")
+    p.add_argument("--augment", help="training augmentation: flip-crop (random crop + flip), crop (no flip: "
+                   "digits, text) or none; auto: crop when flipping changes the data's class means "
+                   "(measured when the shards were written), else flip-crop")
     p.add_argument("--workers", type=int, help="worker processes; 0 trains in one process, no RPC "
                    "(default: one per GPU with 2+ GPUs, one process on one GPU, 2 on the CPU)")
-    p.add_argument("--update-rule", help=f"how the PS applies pushes: {', '.join(UPDATE_RULES)} "
-                   "(README: Learning as well as one process)")
+    p.add_argument("--update-rule", help=f"how the PS applies pushes: {', '.join(UPDATE_RULES)}; auto: "
+                   f"{rule_for(2)} up to 2 workers, {rule_for(4)} beyond (README: Learning as well as "
+                   "one process)")
     p.add_argument("--local-steps", type=int, help="local-sgd: worker steps between exchanges")
     p.add_argument("--outer-lr", type=float, help="local-sgd: the PS's step size on a worker's delta")
     p.add_argument("--outer-momentum", type=float, help="local-sgd: the PS's Nesterov momentum")

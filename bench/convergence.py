@@ -2,12 +2,14 @@
 single process and for async N workers under each update rule, same epochs, same samples.
 
     python -m bench.convergence --model resnet18 --image-size 64 --classes 200 --batch 256 \\
-        --train-samples 60000 --epochs 10 --device cuda --ps-device cuda --workers 2,4
+        --train-samples 60000 --epochs 10 --device auto --workers 2,4 --rules default --seeds 0,1,2
     python -m bench.convergence --plot bench-out/convergence.json   # redraw table + PNG only
 
-Every row is a real `adt run --no-ui` job with the engine's defaults (LR schedule, augmentation)
-unless `--set` changes them. Prints a table: final and best val acc, samples to reach 50% / 90% of
-the single process's final accuracy (as a ratio to its own), images/s. Writes JSON and a PNG.
+Every row is a real `adt run --no-ui` job with the engine's defaults (LR schedule, augmentation,
+the update rule for its worker count: `--rules default`) unless `--set` changes them. Each
+configuration runs once per seed. Prints a table: the mean final val acc with its min-max over
+the seeds, samples to reach 50% / 90% of the single process's mean final accuracy (as a ratio
+to its own), images/s. Writes JSON and a PNG (the mean curve of each configuration).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adt_tui.headless import run_headless
-from engine.config import RunConfig
+from engine.config import RunConfig, rule_for
 from engine.events import read_events
 
 from .throughput import ensure_data, machine, summarize
@@ -58,22 +60,48 @@ def run_one(base: dict[str, Any], name: str, overrides: dict[str, Any], loader_t
             "alerts": [e["code"] for e in events if e["kind"] == "alert"]}
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    single = next(r for r in rows if r["workers"] == 0)
-    final = single["curve"][-1][1]
-    base_speed = single["images_per_s"] or None
-    reach = {f: samples_to_reach(single["curve"], f * final) for f in (0.5, 0.9)}
-    lines = ["| run | final val acc | best | samples to 50% (× single) | samples to 90% (× single) "
-             "| images/s (× single) | staleness p50 | alerts |", "|---|---|---|---|---|---|---|---|"]
+def grouped(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The runs of each configuration (one per seed), in the order they first ran."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
+        groups.setdefault(r["name"], []).append(r)
+    return groups
+
+
+def mean_curve(runs: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """The seeds' curves averaged point by point (they validate at the same epochs)."""
+    length = min(len(r["curve"]) for r in runs)
+    return [(sum(r["curve"][i][0] for r in runs) / len(runs), sum(r["curve"][i][1] for r in runs) / len(runs))
+            for i in range(length)]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    groups = grouped(rows)
+    # The reference: the single process (or, in a file without one, the first configuration).
+    singles = next((runs for runs in groups.values() if runs[0]["workers"] == 0), next(iter(groups.values())))
+    single_curve = mean_curve(singles)
+    final = single_curve[-1][1]
+    base_speed = sum(r["images_per_s"] for r in singles) / len(singles) or None
+    reach = {f: samples_to_reach(single_curve, f * final) for f in (0.5, 0.9)}
+    lines = ["| run | seeds | final val acc, mean (min–max) | vs single | samples to 50% (× single) "
+             "| samples to 90% (× single) | images/s (× single) | staleness p50 | alerts |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, runs in groups.items():
+        finals = [r["curve"][-1][1] for r in runs]
+        mean = sum(finals) / len(finals)
+        curve = mean_curve(runs)
         cells = []
         for f in (0.5, 0.9):
-            s = samples_to_reach(r["curve"], f * final)
+            s = samples_to_reach(curve, f * final)
             cells.append("never" if s is None else f"{s:,.0f} ({s / reach[f]:.2f})" if reach[f] else f"{s:,.0f}")
-        speed = f"{r['images_per_s']:,.0f}" + (f" ({r['images_per_s'] / base_speed:.2f})" if base_speed else "")
-        lines.append(f"| {r['name']} | {r['curve'][-1][1]:.1%} | {max(a for _, a in r['curve']):.1%} | "
-                     f"{cells[0]} | {cells[1]} | {speed} | {r['staleness_p50'] if r['workers'] else '-'} | "
-                     f"{', '.join(sorted(set(r['alerts']))) or '-'} |")
+        speed = sum(r["images_per_s"] for r in runs) / len(runs)
+        speed_cell = f"{speed:,.0f}" + (f" ({speed / base_speed:.2f})" if base_speed else "")
+        stale = sorted(r["staleness_p50"] for r in runs if r["staleness_p50"] is not None)
+        alerts = sorted({a for r in runs for a in r["alerts"]})
+        lines.append(f"| {name} | {len(runs)} | {mean:.1%} ({min(finals):.1%}–{max(finals):.1%}) | "
+                     f"{100 * (mean - final):+.1f} | {cells[0]} | {cells[1]} | {speed_cell} | "
+                     f"{stale[len(stale) // 2] if runs[0]['workers'] and stale else '-'} | "
+                     f"{', '.join(alerts) or '-'} |")
     return "\n".join(lines)
 
 
@@ -83,11 +111,17 @@ def plot(results: dict[str, Any], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["rows"]
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
-    for r in rows:
-        style = {"color": "black", "linewidth": 2.2} if r["workers"] == 0 else {"linewidth": 1.2}
-        ax.plot([s for s, _ in r["curve"]], [a for _, a in r["curve"]], marker=".", label=r["name"], **style)
+    for name, runs in grouped(results["rows"]).items():
+        style = {"color": "black", "linewidth": 2.2} if runs[0]["workers"] == 0 else {"linewidth": 1.2}
+        curve = mean_curve(runs)
+        line, = ax.plot([s for s, _ in curve], [a for _, a in curve], marker=".",
+                        label=f"{name} ({len(runs)} seeds)", **style)
+        if len(runs) > 1:  # the seeds' spread
+            length = len(curve)
+            low = [min(r["curve"][i][1] for r in runs) for i in range(length)]
+            high = [max(r["curve"][i][1] for r in runs) for i in range(length)]
+            ax.fill_between([s for s, _ in curve], low, high, color=line.get_color(), alpha=0.15)
     classes = results["args"]["classes"]
     ax.axhline(1 / classes, color="grey", linestyle=":", linewidth=1, label=f"chance (1/{classes})")
     ax.set_xlabel("training samples seen")
@@ -102,15 +136,19 @@ def plot(results: dict[str, Any], png: Path) -> None:
 
 
 def runs_to_do(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
-    runs = [("single process (--workers 0)", {"workers": 0})]
+    """(name, overrides) of every run: each configuration once per seed."""
+    configs = [] if args.skip_single else [("single process (--workers 0)", {"workers": 0})]
     for n in [int(x) for x in args.workers.split(",") if x]:
         for item in args.rules.split(","):
             rule, _, forced = item.partition("+")  # "rule+overlap": this rule with overlap only
             modes = [True] if forced == "overlap" else {"off": [False], "on": [True], "both": [False, True]}[args.overlap]
             for overlap in modes:
-                name = f"N={n} {rule}" + (" --overlap" if overlap else "")
-                runs.append((name, {"workers": n, "update_rule": rule, "overlap": overlap}))
-    return runs
+                shown = f"default ({rule_for(n)})" if rule == "default" else rule
+                name = f"N={n} {shown}" + (" --overlap" if overlap else "")
+                configs.append((name, {"workers": n, "update_rule": "auto" if rule == "default" else rule,
+                                       "overlap": overlap}))
+    return [(name, {**overrides, "seed": seed}) for name, overrides in configs
+            for seed in [int(x) for x in args.seeds.split(",")]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rules", default="async-momentum,dc-asgd,local-sgd,lr/staleness,sgd",
                    help="update rules, comma-separated; RULE+overlap runs that rule with --overlap")
     p.add_argument("--overlap", choices=("off", "on", "both"), default="off")
-    p.add_argument("--skip-single", action="store_true", help="reuse the single row of --merge")
+    p.add_argument("--seeds", default="0", help="seeds, comma-separated: every configuration runs once per seed")
+    p.add_argument("--mps", action="store_true", help="async runs share their GPU through MPS (--mps)")
+    p.add_argument("--skip-single", action="store_true", help="reuse the single rows of --merge")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a RunConfig setting for every run, e.g. --set lr=0.1")
     p.add_argument("--device", default="cpu")
@@ -134,15 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loader-total", type=int, default=2, help="decoding processes per run, split among workers")
     p.add_argument("--workdir", default="bench-out")
     p.add_argument("--out", default="", help="JSON results (default WORKDIR/convergence.json)")
-    p.add_argument("--merge", default="", help="add the rows of an earlier results JSON first")
-    p.add_argument("--plot", default="", metavar="JSON", help="only redraw table and PNG from a results file")
+    p.add_argument("--merge", default="", help="add the rows of earlier results JSONs first (comma-separated)")
+    p.add_argument("--plot", default="", metavar="JSON", help="only redraw table and PNG from results files "
+                   "(comma-separated; with --out, the merged results go there)")
     args = p.parse_args(argv)
 
-    if args.plot:
-        results = json.loads(Path(args.plot).read_text())
+    if args.plot:  # one results file, or several to merge: the first gives machine and args
+        files = [json.loads(Path(path).read_text()) for path in args.plot.split(",")]
+        results = {**files[0], "rows": [r for f in files for r in f["rows"]]}
+        png = Path(args.out or args.plot.split(",")[0]).with_suffix(".png")
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=1))
         print(table(results["rows"]))
-        plot(results, Path(args.plot).with_suffix(".png"))
-        print(f"wrote {Path(args.plot).with_suffix('.png')}")
+        plot(results, png)
+        print(f"wrote {png}")
         return 0
     work = Path(args.workdir).resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -154,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         key, value = item.split("=", 1)
         base[key] = json.loads(value) if value[:1] in "0123456789-.tf[{" else value
-    rows = json.loads(Path(args.merge).read_text())["rows"] if args.merge else []
+    rows = [r for path in args.merge.split(",") if path for r in json.loads(Path(path).read_text())["rows"]]
     out = Path(args.out or work / "convergence.json")
     for name, overrides in runs_to_do(args):
-        if overrides["workers"] == 0 and args.skip_single:
-            continue
-        print(f"== {name}", flush=True)
+        if args.mps and overrides["workers"] > 1:
+            overrides = {**overrides, "mps": True}
+        print(f"== {name} seed {overrides['seed']}", flush=True)
         rows.append(run_one(base, name, overrides, args.loader_total, work / "logs"))
         r = rows[-1]
         print(f"   exit {r['exit_code']}, {r['seconds']} s, {r['images_per_s']} img/s, val acc "

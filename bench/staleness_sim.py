@@ -1,16 +1,19 @@
-"""Staleness alone, without adt: a plain PyTorch loop that applies every gradient exactly `tau`
-updates after the parameters it was computed at were current. It separates what asynchrony
-costs the algorithm from anything the engine's processes or RPC might add.
+"""Staleness alone, without processes or RPC: N virtual workers take turns, so every gradient is
+computed at parameters sent N-1 updates before it lands, and the engine's own update rule
+(engine/rules.py) applies it. It separates what asynchrony costs the algorithm from anything
+the engine's processes or RPC might add, in seconds per configuration on a CPU.
 
-    python -m bench.staleness_sim --tau 0,1,3,7 --rules sgd,async-momentum,lookahead,lookahead-damped
+    python -m bench.staleness_sim --workers 1,4,8 --rules lookahead,gap-aware,delayed-nesterov
 
-Same model, data, schedule, augmentation and BatchNorm recompute as `adt run`'s defaults.
+Same model, data, schedule, augmentation and BatchNorm recompute as `adt run`'s defaults; the
+round-robin order is what N equally fast workers give (staleness exactly N-1).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 from pathlib import Path
 
 import torch
@@ -19,70 +22,105 @@ from torch import nn
 from engine.config import RunConfig
 from engine.data import ShardStream, resolve_data
 from engine.evaluate import evaluate, recompute_batchnorm
-from engine.models import build_model, normalize
+from engine.mirror import choose_augment
+from engine.models import build_model
+from engine.rules import make_optimizer, make_rule
 from engine.schedule import LRSchedule
+from engine.server import FlatModel
+from engine.worker import compute_gradient
 
 from .throughput import ensure_data
 
 
-def train(data_dir: Path, model_name: str, tau: int, rule: str, epochs: int, batch: int) -> list[float]:
-    torch.manual_seed(0)
+def train(data_dir: Path, workers: int, rule_name: str, epochs: int, batch: int, seed: int,
+          model_name: str = "cnn", **settings: object) -> list[float]:
+    """Validation accuracy after each epoch."""
+    torch.manual_seed(seed)
     data = resolve_data(str(data_dir))
-    config = RunConfig(model=model_name, batch_size=batch, epochs=epochs).validate()
-    model = build_model(model_name, len(data.classes))
-    params = list(model.parameters())
-    velocity = [torch.zeros_like(p) for p in params]
-    mu, decay = config.momentum, config.weight_decay
-    lr = LRSchedule(config, data.train.num_samples)
-    stream = ShardStream(data.train, 0, 1, 0, batch, train=True, seed=0, augment=config.augment)
+    config = RunConfig(model=model_name, batch_size=batch, epochs=epochs, update_rule=rule_name,
+                       workers=workers, seed=seed, device="cpu", ps_device="cpu", **settings).validate()
+    classes = len(data.classes)
+    ps = FlatModel(build_model(model_name, classes))
+    worker = FlatModel(build_model(model_name, classes))
+    rule = make_rule(config, ps.params, ps.grads, ps.model, single=workers <= 1)
+    schedule = LRSchedule(config, data.train.num_samples)
+    augment = choose_augment(config.augment, data.train.manifest)[0]
+    stream = ShardStream(data.train, 0, 1, 0, batch, train=True, seed=seed, augment=augment)
     loss_fn = nn.CrossEntropyLoss()
-    in_flight: collections.deque = collections.deque()  # (parameters sent, images, labels)
-    update, accs = 0, []
-    momentum = {"async-momentum": max(0.0, mu - tau / (1 + tau)),  # as the engine's rules set it
-                "lookahead-damped": max(0.0, mu - max(0, tau - 1) / (1 + tau))}.get(rule, mu)
+    version = 0
+    in_flight: collections.deque = collections.deque()  # (worker, version sent, parameters sent)
+
+    def send(k: int) -> None:
+        out = rule.outgoing()
+        rule.sent(k, version, out)
+        in_flight.append((k, version, out.clone()))
+
+    for k in range(max(1, workers)):
+        send(k)
+    local = rule_name == "local-sgd" and workers > 1
+    # local-sgd: each worker's own parameters and inner optimizer (`LocalSteps` in engine/worker.py)
+    own = [in_flight[k][2].clone() for k in range(len(in_flight))] if local else []
+    inner = [make_optimizer(config, worker.model.parameters(), worker.params.device) for _ in own]
+    steps = 0
+    accs = []
     for epoch in range(epochs):
         stream.set_epoch(epoch)
         for images, labels in stream:
-            sent = [p.detach().clone() for p in params]
-            if rule.startswith("lookahead"):  # where the momentum carries the model in tau updates
-                reach = sum(momentum ** i for i in range(1, tau + 1))
-                for s, v in zip(sent, velocity):
-                    s.sub_(lr(update) * reach * v)
-            in_flight.append((sent, images, labels))
-            if len(in_flight) <= tau:
-                continue
-            sent, images, labels = in_flight.popleft()
-            now = [p.detach().clone() for p in params]
-            with torch.no_grad():
-                for p, s in zip(params, sent):
-                    p.copy_(s)
-            model.zero_grad()
-            loss_fn(model(normalize(images)), labels).backward()
-            with torch.no_grad():
-                for p, v, n in zip(params, velocity, now):
-                    p.copy_(n)
-                    v.mul_(momentum).add_(p.grad + decay * p)
-                    p.sub_(lr(update) * v)
-            update += 1
-        recompute_batchnorm(model, stream.head(), config.bn_recompute, torch.device("cpu"))
-        accs.append(evaluate(model, data.val, torch.device("cpu"), 0)["acc"])
+            k, base, sent = in_flight[0]
+            if local:  # worker k's next inner step, from its own parameters
+                worker.params.copy_(own[k])
+            else:
+                worker.params.copy_(sent)
+            worker.buffers.copy_(ps.buffers)
+            compute_gradient(worker.model, worker, loss_fn, images, labels)
+            ps.buffers.copy_(worker.buffers)  # BatchNorm's running statistics; recomputed below
+            if local:
+                for group in inner[k].param_groups:
+                    group["lr"] = schedule(steps)
+                inner[k].step()
+                own[k].copy_(worker.params)
+                steps += 1
+                if steps % config.local_steps:
+                    continue
+                ps.grads.copy_(sent - own[k])  # the delta since the global parameters it started from
+            else:
+                ps.grads.copy_(worker.grads)
+            in_flight.popleft()
+            rule.apply(k, version - base, base, schedule(steps if local else version))
+            version += 1
+            send(k)
+            if local:
+                own[k].copy_(in_flight[-1][2])
+        recompute_batchnorm(ps.model, stream.head(), config.bn_recompute, torch.device("cpu"))
+        accs.append(evaluate(ps.model, data.val, torch.device("cpu"), 0)["acc"])
     return accs
 
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.staleness_sim", description=__doc__.splitlines()[0])
-    p.add_argument("--tau", default="0,1,3", help="delays in updates, comma-separated")
-    p.add_argument("--rules", default="sgd,async-momentum,lookahead,lookahead-damped")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--workers", default="1,4", help="worker counts, comma-separated (staleness N-1)")
+    p.add_argument("--rules", default="lookahead,gap-aware,lookahead-gap-aware,delayed-nesterov")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--seeds", default="0", help="comma-separated")
     p.add_argument("--model", default="cnn")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                   help="a config field for every run, e.g. --set momentum=0.8")
     p.add_argument("--workdir", default="bench-out")
+    p.add_argument("--out", help="append the results as JSON lines to this file")
     args = p.parse_args()
+    settings = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     data = ensure_data(Path(args.workdir).resolve() / "data", 10, 32, 6000, 1000, 8)
-    for tau in [int(t) for t in args.tau.split(",")]:
-        for rule in args.rules.split(",") if tau else ["sgd"]:
-            accs = train(data, args.model, tau, rule, args.epochs, args.batch)
-            print(f"tau {tau:2d} {rule:15s} val acc per epoch {[round(a, 3) for a in accs]}", flush=True)
+    for n in [int(w) for w in args.workers.split(",")]:
+        for rule in args.rules.split(",") if n > 1 else ["sgd"]:
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                accs = train(data, n, rule, args.epochs, args.batch, seed, args.model, **settings)
+                row = {"workers": n, "rule": rule, "seed": seed, "settings": settings,
+                       "acc": [round(a, 4) for a in accs]}
+                print(json.dumps(row), flush=True)
+                if args.out:
+                    with open(args.out, "a") as f:
+                        f.write(json.dumps(row) + "\n")
     return 0
 
 

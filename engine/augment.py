@@ -1,6 +1,7 @@
 """Training augmentation on decoded uint8 images, in the loader processes (never for validation).
 
-`flip-crop`: a random crop and a horizontal flip. Small images (up to 96 px, e.g. Tiny ImageNet's
+`flip-crop`: a random crop and a horizontal flip; `crop`: the crop alone, for data a mirror
+changes (digits, text; `auto` decides from the data, engine/mirror.py). Small images (up to 96 px, e.g. Tiny ImageNet's
 64) are padded by 1/8 of their side with zeros and cropped back to size, the usual CIFAR/Tiny
 ImageNet recipe; larger ones take a random-resized crop (8-100% of the area, aspect 3/4-4/3)
 scaled back to the input size, the usual ImageNet recipe.
@@ -17,16 +18,23 @@ from PIL import Image
 SMALL = 96  # the largest side that gets pad-and-crop instead of random-resized crop
 
 
-def flip_crop(image: np.ndarray, rng: random.Random) -> np.ndarray:
-    """One HWC uint8 image -> an augmented HWC uint8 image of the same size."""
+def augment(image: np.ndarray, rng: random.Random, kind: str) -> np.ndarray:
+    """One HWC uint8 image -> the `kind` augmentation of it, of the same size."""
+    if kind == "none":
+        return image
+    out = crop(image, rng)
+    if kind == "flip-crop" and rng.random() < 0.5:
+        return np.ascontiguousarray(out[:, ::-1])
+    return out
+
+
+def crop(image: np.ndarray, rng: random.Random) -> np.ndarray:
     h, w = image.shape[:2]
     if max(h, w) <= SMALL:
         pad = max(1, h // 8)
         y, x = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
-        out = _shifted(image, y - pad, x - pad)
-    else:
-        out = _random_resized_crop(image, rng)
-    return np.ascontiguousarray(out[:, ::-1]) if rng.random() < 0.5 else out
+        return _shifted(image, y - pad, x - pad)
+    return _random_resized_crop(image, rng)
 
 
 def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:

@@ -15,14 +15,30 @@ import tomllib
 
 SMALL_INPUT_STEMS = ("auto", "on", "off")
 OPTIMIZERS = ("sgd", "adamw")
-UPDATE_RULES = ("sgd", "lr/staleness", "async-momentum", "dc-asgd", "lookahead", "lookahead-damped", "local-sgd")
+UPDATE_RULES = ("auto", "sgd", "lr/staleness", "async-momentum", "dc-asgd", "lookahead", "lookahead-damped",
+                "gap-aware", "lookahead-gap-aware", "delayed-nesterov", "local-sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
-AUGMENTS = ("flip-crop", "none")
+AUGMENTS = ("auto", "flip-crop", "crop", "none")
 DEVICES = ("auto", "cpu", "cuda")
 TRANSFER_DTYPES = ("fp32", "bf16")
 TRANSPORTS = ("flat", "plain")
 DEFAULT_DATA = "data/synthetic"
 AUTO = -1  # workers, loader_workers: decided by the placement (engine/placement.py) at the edge
+
+
+def rule_for(workers: int, optimizer: str = "sgd") -> str:
+    """The update rule `auto` means for this many workers: the best measured at that count
+    (docs/BENCHMARKS.md, Convergence). AdamW has no momentum buffer to look ahead with."""
+    if optimizer != "sgd":
+        return "gap-aware"
+    return "lookahead" if workers <= 2 else "lookahead-gap-aware"
+
+
+def update_rule_of(config: RunConfig) -> str:
+    """The rule the run applies: the configured one, or what `auto` means for its workers."""
+    if config.update_rule == "auto":
+        return rule_for(config.workers, config.optimizer)
+    return config.update_rule
 
 
 class ConfigError(ValueError):
@@ -57,10 +73,10 @@ class RunConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
-    augment: str = "flip-crop"  # training only: random crop (padded, or resized for large images) + flip
+    augment: str = "auto"  # training only: flip-crop, crop (no flip) or none; auto: flip-crop unless the data's mirror changes its classes
     # asynchrony: how the PS turns pushes into updates (engine/rules.py)
     workers: int = AUTO  # auto: one per GPU with 2+ GPUs, one process (0) on one GPU, 2 on the CPU
-    update_rule: str = "lookahead"
+    update_rule: str = "auto"  # auto: the measured best for the worker count (rule_for)
     local_steps: int = 4  # local-sgd: worker steps between exchanges
     outer_lr: float = 1.0  # local-sgd: the PS's step size on a worker's delta
     outer_momentum: float = 0.0  # local-sgd: the PS's Nesterov momentum on deltas
@@ -145,8 +161,8 @@ class RunConfig:
             bad("optimizer", f"is {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
         if self.update_rule not in UPDATE_RULES:
             bad("update_rule", f"is {self.update_rule!r}", f"use one of {', '.join(UPDATE_RULES)}")
-        if self.update_rule.startswith("lookahead") and self.optimizer != "sgd":
-            bad("update_rule", f"is {self.update_rule!r}, which extrapolates SGD's momentum, but the optimizer is "
+        if self.update_rule.startswith(("lookahead", "delayed-nesterov")) and self.optimizer != "sgd":
+            bad("update_rule", f"is {self.update_rule!r}, which works on SGD's momentum, but the optimizer is "
                 f"{self.optimizer!r}", "use --optimizer sgd, or another update rule")
         if self.lr_schedule not in LR_SCHEDULES:
             bad("lr_schedule", f"is {self.lr_schedule!r}", f"use one of {', '.join(LR_SCHEDULES)}")

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from webdataset.tariterators import group_by_keys
 
-from .augment import flip_crop
+from .augment import augment as augmented
 from .errors import DataError
 from .remote import (
     ShardStat,
@@ -300,7 +300,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.worker, self.workers = worker, workers
         self.loader_workers = max(1, loader_workers)
         self.batch_size, self.train, self.seed = batch_size, train, seed
-        self.augment = train and augment == "flip-crop"
+        if augment not in ("flip-crop", "crop", "none"):
+            raise ValueError(f"augment {augment!r} is not resolved (engine/mirror.py: choose_augment)")
+        self.augment = augment if train else "none"
         self.epoch = 0
         self.size = tuple(split.manifest["image_size"])
         self.num_classes = len(split.manifest["classes"])
@@ -322,7 +324,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             for index, sample in enumerate(shard_samples([url])):
                 if index % stride == offset:
                     image, label = decode_sample(sample, self.size, self.num_classes)
-                    yield (flip_crop(image, rng) if self.augment else image), label
+                    yield augmented(image, rng, self.augment), label
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         samples = self.samples()

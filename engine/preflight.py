@@ -23,10 +23,11 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
+from .config import RunConfig, update_rule_of
 from .data import DataSpec, Split, decode_sample, reader_plan, resolve_data, shard_samples
 from .errors import DataError
 from .listen import run_listeners
+from .mirror import choose_augment
 from .models import check_model
 from .placement import gpu_count, place
 from .remote import is_pipe, is_remote, shard_name
@@ -45,6 +46,8 @@ class PreflightReport:
     listeners: list[str] = field(default_factory=list)  # where the job will listen (engine.listen)
     model: str = ""  # the model check's line
     placement: str = ""  # where each process runs (engine.placement)
+    augment: str = ""  # the training augmentation and why (engine.mirror)
+    rule: str = ""  # the update rule `auto` chose
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (for events.jsonl and run records)."""
@@ -67,7 +70,7 @@ class PreflightReport:
             lines.append(f"  {name:5} {s['samples']} samples in {s['shards']} shards: {s['dir']}")
         lines += [f"  warning: {text}" for text in self.warnings]
         lines.append(f"  checked in {self.seconds:.2f}s")
-        return lines + [line for line in (self.model, self.placement) if line] + self.listeners
+        return lines + [line for line in (self.model, self.placement, self.rule, self.augment) if line] + self.listeners
 
 
 def readers_of(config: RunConfig) -> int:
@@ -186,6 +189,12 @@ def preflight(config: RunConfig, local_workers: int | None = None) -> PreflightR
     if set(spec.train.urls) & set(spec.val.urls):
         report.warnings.append("validation reads training shards, so its accuracy will look better "
                                "than it is. Fix: point --val-url at separate shards.")
+    if config.update_rule == "auto" and config.workers > 0:
+        config.update_rule = update_rule_of(config)
+        report.rule = (f"update rule: {config.update_rule} (the default for {config.workers} worker"
+                       f"{'s' if config.workers != 1 else ''}: docs/BENCHMARKS.md, Convergence)")
+    config.augment, why = choose_augment(config.augment, spec.train.manifest)
+    report.augment = f"augment: {config.augment} ({why})"
     report.warnings += _reader_warnings(spec.train, readers, config)
     if config.overlap and config.workers > 1 and config.update_rule != "lookahead-damped":
         report.warnings.append("--overlap adds one update of staleness per worker: with 4 workers it cost "

@@ -13,6 +13,13 @@ owns its state (optimizer, statistics), which is checkpointed with it. One class
   l = lambda0 / sqrt(mean square of g), on top of `async-momentum`.
 - `lookahead`: full momentum; workers compute their gradient where the momentum will have carried
   the model when it lands (after DANA, Hakimi et al. 2019).
+- `gap-aware`: full momentum, each stale gradient divided, per parameter, by how far that
+  parameter moved since the worker's copy was sent, in units of a typical update (Barkai et al.
+  2020, "Gap-Aware Mitigation of Gradient Staleness"); `lookahead-gap-aware` measures the gap
+  from the lookahead point the worker computed at.
+- `delayed-nesterov`: every push applies its own gradient at once; the momentum takes the mean of
+  each round of N pushes (N workers) once, so stale gradients never compound through it (after
+  Liu et al. 2024, "Asynchronous Local-SGD Training for Language Modeling").
 - `local-sgd`: workers take `--local-steps` steps with their own optimizer and push the delta; the
   PS takes an outer step on it (asynchronous local SGD with an optional Nesterov outer momentum).
 """
@@ -23,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, update_rule_of
 
 
 def make_optimizer(config: RunConfig, params: Any, device: torch.device) -> torch.optim.Optimizer:
@@ -55,8 +62,9 @@ class UpdateRule:
         """The parameters to send a worker (the global ones, unless the rule says otherwise)."""
         return self.params
 
-    def sent(self, worker: int, version: int) -> None:
-        """The parameters at `version` were just sent to `worker`."""
+    def sent(self, worker: int, version: int, params: torch.Tensor | None = None) -> None:
+        """`params` (what `outgoing` gave; None: the global parameters) at `version` were just sent
+        to `worker`."""
 
     def metrics(self) -> dict[str, float]:
         return {}
@@ -123,6 +131,25 @@ class AsyncMomentum(UpdateRule):
         self.staleness_sum, self.weight = state["staleness_sum"], state["weight"]
 
 
+class SentParams:
+    """What each worker was last sent, by version: a stale push was computed at one of these.
+    Not checkpointed: after a resume every worker is sent fresh parameters before it pushes."""
+
+    def __init__(self) -> None:
+        self.snapshots: dict[int, dict[int, torch.Tensor]] = {}  # worker -> version -> params sent
+
+    def keep(self, worker: int, version: int, params: torch.Tensor) -> None:
+        self.snapshots.setdefault(worker, {})[version] = params.clone()
+
+    def take(self, worker: int, base_version: int) -> torch.Tensor | None:
+        """The parameters `worker` computed its push at; older ones can no longer be a base."""
+        mine = self.snapshots.get(worker, {})
+        sent = mine.get(base_version)
+        for version in [v for v in mine if v <= base_version]:
+            del mine[version]
+        return sent
+
+
 class DelayCompensated(AsyncMomentum):
     """`dc-asgd`: correct a stale gradient by a first-order step toward the current parameters."""
 
@@ -133,18 +160,15 @@ class DelayCompensated(AsyncMomentum):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.mean_square = torch.zeros_like(self.grads)
-        self.snapshots: dict[int, dict[int, torch.Tensor]] = {}  # worker -> version -> params sent
+        self.sent_params = SentParams()
 
-    def sent(self, worker: int, version: int) -> None:
-        self.snapshots.setdefault(worker, {})[version] = self.params.clone()
+    def sent(self, worker: int, version: int, params: torch.Tensor | None = None) -> None:
+        self.sent_params.keep(worker, version, self.params if params is None else params)
 
     def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
         g = self.grads
         self.mean_square.mul_(self.mean_square_decay).addcmul_(g, g, value=1 - self.mean_square_decay)
-        mine = self.snapshots.get(worker, {})
-        sent = mine.get(base_version)
-        for version in [v for v in mine if v <= base_version]:  # older ones can no longer be a base
-            del mine[version]
+        sent = self.sent_params.take(worker, base_version)
         if sent is not None and staleness > 0:
             drift = self.params - sent
             g.addcmul_(g * g * drift, (self.mean_square.sqrt() + self.eps).reciprocal(),
@@ -220,6 +244,148 @@ class DampedLookahead(Lookahead):
         return {**super().metrics(), "momentum": round(self.momentum(), 4)}
 
 
+class GapPenalty:
+    """The gap-aware penalty: divide each coordinate of a stale gradient by max(1, gap / step),
+    gap = |parameters now - parameters the worker computed at|, step = the running mean of that
+    coordinate's |update|. A coordinate that kept moving one way is as stale as its staleness
+    says; one that went back and forth is not penalised (Barkai et al. 2020)."""
+
+    decay = 0.99  # the step's running mean follows the last ~100 updates
+    eps = 1e-12
+
+    def __init__(self, params: torch.Tensor) -> None:
+        self.params = params
+        self.step = torch.zeros_like(params)
+        self.weight = 0.0  # for the running mean's bias correction
+        self.before = torch.zeros_like(params)
+        self.sent_params = SentParams()
+        self.mean_penalty = 1.0
+
+    def penalise(self, grads: torch.Tensor, worker: int, staleness: int, base_version: int) -> None:
+        sent = self.sent_params.take(worker, base_version)
+        self.before.copy_(self.params)
+        if sent is None or staleness == 0 or not self.weight:
+            self.mean_penalty = 1.0
+            return
+        gap = (self.params - sent).abs_()
+        penalty = gap.div_(self.step / self.weight + self.eps).clamp_(min=1.0)
+        self.mean_penalty = float(penalty.mean())
+        grads.div_(penalty)
+
+    def stepped(self) -> None:
+        """Fold the update just applied into the running mean step."""
+        self.step.mul_(self.decay).add_((self.params - self.before).abs_(), alpha=1 - self.decay)
+        self.weight = self.decay * self.weight + 1 - self.decay
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gap_step": self.step, "gap_weight": self.weight}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step.copy_(state["gap_step"])
+        self.weight = state["gap_weight"]
+
+
+class GapAware(UpdateRule):
+    """`gap-aware`: the optimizer's step on a gradient penalised by its gap (`GapPenalty`)."""
+
+    name = "gap-aware"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.gap = GapPenalty(self.params)
+
+    def sent(self, worker: int, version: int, params: torch.Tensor | None = None) -> None:
+        self.gap.sent_params.keep(worker, version, self.params if params is None else params)
+
+    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
+        self.gap.penalise(self.grads, worker, staleness, base_version)
+        self._step(lr)
+        self.gap.stepped()
+
+    def metrics(self) -> dict[str, float]:
+        return {"gap_penalty": round(self.gap.mean_penalty, 3)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self.gap.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.gap.load_state_dict(state)
+
+
+class LookaheadGapAware(Lookahead):
+    """`lookahead-gap-aware`: lookahead's outgoing point, and the gap-aware penalty measured from
+    that point (the one the gradient was computed at) to the parameters it lands on."""
+
+    name = "lookahead-gap-aware"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.gap = GapPenalty(self.params)
+
+    def sent(self, worker: int, version: int, params: torch.Tensor | None = None) -> None:
+        self.gap.sent_params.keep(worker, version, self.params if params is None else params)
+
+    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
+        self.gap.penalise(self.grads, worker, staleness, base_version)
+        super().apply(worker, staleness, base_version, lr)
+        self.gap.stepped()
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "gap_penalty": round(self.gap.mean_penalty, 3)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self.gap.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.gap.load_state_dict(state)
+
+
+class DelayedNesterov(UpdateRule):
+    """`delayed-nesterov`: each push's gradient g (weight decay included) moves the model at once,
+    by lr * (g + c * mu_N * m); the momentum m takes the mean of every N pushes once: m <- mu_N * m
+    + mean. N is the worker count, mu_N = momentum^N keeps m's memory as long in pushes as one
+    process's, and c = (mu / (1 - mu)) * (1 - mu_N) / mu_N gives a steady gradient the same total
+    step as one process's momentum. With N = 1 it is Nesterov SGD. The momentum term changes once
+    per round, from gradients of every worker, so a stale gradient is not amplified alone."""
+
+    name = "delayed-nesterov"
+
+    def __init__(self, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,
+                 config: RunConfig) -> None:
+        super().__init__(params, grads, model, config)
+        self.round = max(1, config.workers)
+        self.momentum_buffer = torch.zeros_like(params)
+        self.gathered = torch.zeros_like(params)
+        self.count = 0
+        mu = config.momentum
+        self.mu_n = mu ** self.round
+        self.spread = mu / (1 - mu) * (1 - self.mu_n) / self.mu_n if mu > 0 else 0.0
+
+    def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=0.0)  # unused: the rule steps by itself
+
+    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
+        g = self.grads.add_(self.params, alpha=self.config.weight_decay)
+        self.gathered.add_(g)
+        self.count += 1
+        if self.count % self.round == 0:
+            self.momentum_buffer.mul_(self.mu_n).add_(self.gathered, alpha=1 / self.round)
+            self.gathered.zero_()
+        g.add_(self.momentum_buffer, alpha=self.spread * self.mu_n)
+        self.params.add_(g, alpha=-lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rule": self.name, "momentum_buffer": self.momentum_buffer, "gathered": self.gathered,
+                "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.momentum_buffer.copy_(state["momentum_buffer"])
+        self.gathered.copy_(state["gathered"])
+        self.count = state["count"]
+
+
 class LocalSGD(UpdateRule):
     """`local-sgd`: the push is a worker's delta over `local_steps` steps; take an outer step on it.
 
@@ -239,11 +405,12 @@ class LocalSGD(UpdateRule):
 
 
 RULES = {rule.name: rule for rule in (UpdateRule, StalenessLR, AsyncMomentum, DelayCompensated, Lookahead,
-                                      DampedLookahead, LocalSGD)}
+                                      DampedLookahead, GapAware, LookaheadGapAware, DelayedNesterov,
+                                      LocalSGD)}
 
 
 def make_rule(config: RunConfig, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,
               single: bool) -> UpdateRule:
     """The configured rule; one process has no staleness, so it always takes plain steps."""
-    rule = UpdateRule if single else RULES[config.update_rule]
+    rule = UpdateRule if single else RULES[update_rule_of(config)]
     return rule(params, grads, model, config)

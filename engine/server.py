@@ -262,8 +262,9 @@ class ParameterServer:
             self._alert("error", "fingerprint_mismatch",
                         f"worker {worker} runs code {info.get('code_fingerprint')} but the run started "
                         f"with {self.meta['code']['fingerprint']}: restart the job", worker=worker)
-        self.rule.sent(worker, self.version)
-        return {"version": self.version, "epoch": self.epoch, "params": self.rule.outgoing().cpu().clone(),
+        params = self.rule.outgoing()
+        self.rule.sent(worker, self.version, params)
+        return {"version": self.version, "epoch": self.epoch, "params": params.cpu().clone(),
                 "stop": self.outcome is not None, "lr": self.lr}
 
     def _apply_push(self, worker: int, base_version: int, grads: torch.Tensor, buffers: torch.Tensor,
@@ -313,10 +314,11 @@ class ParameterServer:
         if with_params:
             dtype = torch.bfloat16 if self.config.transfer_dtype == "bf16" else torch.float32
             where = self.device if self.workers[worker].on_gpu else "cpu"
-            params = self.rule.outgoing().to(where, dtype=dtype, copy=True)
+            outgoing = self.rule.outgoing()
+            self.rule.sent(worker, self.version, outgoing)
+            params = outgoing.to(where, dtype=dtype, copy=True)
             if params.is_cuda:  # RPC sends it from another thread: the copy must be done by then
                 torch.cuda.current_stream(params.device).synchronize()
-            self.rule.sent(worker, self.version)
         return Reply(self.version, params, self._stopping(), self.lr)
 
     def _clock(self) -> float:

@@ -19,6 +19,8 @@ from typing import Any
 
 import webdataset as wds
 
+from .mirror import ClassMeans
+
 MANIFEST = "manifest.json"
 FORMAT = "adt-shards/1"
 
@@ -64,6 +66,7 @@ def write_shard_set(
     writers = [wds.TarWriter(str(tmp_dir / name), mtime=0) for name in names]
     counts = [0] * num_shards
     keys: set[str] = set()
+    means = ClassMeans() if split == "train" else None  # does a flip keep labels? (engine/mirror.py)
     for i, (key, jpeg, label) in enumerate(samples):
         if "." in key or key in keys:
             raise ValueError(f"sample key {key!r} has a dot or is not unique")
@@ -72,6 +75,8 @@ def write_shard_set(
         keys.add(key)
         writers[i % num_shards].write({"__key__": key, "jpg": jpeg, "cls": str(label).encode()})
         counts[i % num_shards] += 1
+        if means is not None:
+            means.add(jpeg, label)
     for writer in writers:
         writer.close()
     if sum(counts) != num_samples:
@@ -92,6 +97,7 @@ def write_shard_set(
         "shards": shards,
         "content_hash": content,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **({"mirror_asymmetry": means.asymmetry()} if means is not None else {}),
         **(extra or {}),
     }
     with open(tmp_dir / MANIFEST, "w") as f:

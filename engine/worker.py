@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import RunConfig
+from .config import RunConfig, update_rule_of
 from .data import ShardStream, Split, make_loader, worker_shards
 from .fingerprint import startup_fingerprint
 from .models import build_for, normalize
@@ -107,7 +107,7 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
     if not client.shares_model:
         flat.params.copy_(reply["params"])
     epoch, step, samples = reply["epoch"], 0, 0
-    local = config.update_rule == "local-sgd" and not client.shares_model
+    local = update_rule_of(config) == "local-sgd" and not client.shares_model
     link = (LocalSteps if local else Exchange)(client, flat, config, reply["version"], reply["lr"])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     meter = Meter()

@@ -21,7 +21,7 @@ def rule_on(name: str, params: list[float], **overrides):
     model = nn.Linear(len(params), 1, bias=False)
     flat = FlatModel(model)
     flat.params.copy_(torch.tensor(params))
-    config = RunConfig(update_rule=name, weight_decay=0.0, momentum=0.9, **overrides).validate()
+    config = RunConfig(**{"update_rule": name, "weight_decay": 0.0, "momentum": 0.9, **overrides}).validate()
     return flat, make_rule(config, flat.params, flat.grads, model, single=False)
 
 
@@ -71,7 +71,7 @@ def test_dc_asgd_compensates_the_drift_since_the_parameters_were_sent():
     compensated = g + 2.0 * g * g * drift / (mean_square.sqrt() + 1e-7)
     expected = torch.tensor([1.5, 0.0]) - 0.1 * compensated  # staleness 1: explicit momentum 0.4
     assert close(push(flat, rule, g.tolist(), staleness=1, base=0, lr=0.1), expected.tolist())
-    assert rule.snapshots[0] == {}  # a snapshot is dropped once its push arrived
+    assert rule.sent_params.snapshots[0] == {}  # a snapshot is dropped once its push arrived
 
 
 def test_dc_asgd_fresh_push_is_plain_sgd():
@@ -105,6 +105,48 @@ def test_lookahead_damped_lowers_momentum_by_the_staleness_beyond_one():
 def test_lookahead_needs_sgd_momentum():
     with pytest.raises(ConfigError, match="lookahead"):
         RunConfig(update_rule="lookahead", optimizer="adamw").validate()
+
+
+def test_gap_aware_divides_each_coordinate_by_its_gap_in_typical_steps():
+    flat, rule = rule_on("gap-aware", [0.0, 0.0])
+    rule.sent(0, 0)
+    rule.sent(1, 0)  # both workers got [0, 0]
+    assert close(push(flat, rule, [1.0, 1.0], worker=0, staleness=0, base=0, lr=0.1), [-0.1, -0.1])
+    # the typical update is now 0.1 in each coordinate; other pushes move coordinate 0 by 0.3 more
+    flat.params.copy_(torch.tensor([-0.4, -0.1]))
+    # worker 1's gradient: gap [0.4, 0.1] = [4, 1] typical steps -> g / [4, 1] = [0.25, 1]
+    # momentum buffer 0.9 * [1, 1] + [0.25, 1] = [1.15, 1.9]
+    assert close(push(flat, rule, [1.0, 1.0], worker=1, staleness=3, base=0, lr=0.1), [-0.515, -0.29])
+    assert rule.metrics() == {"gap_penalty": 2.5}
+
+
+def test_lookahead_gap_aware_measures_the_gap_from_the_point_the_worker_computed_at():
+    flat, rule = rule_on("lookahead-gap-aware", [0.0, 0.0])
+    rule.sent(0, 0)
+    assert close(push(flat, rule, [1.0, 1.0], worker=0, staleness=0, base=0, lr=0.1), [-0.1, -0.1])
+    rule.sent(1, 1, torch.tensor([-0.5, -0.1]))  # the lookahead point worker 1 was sent
+    # gap to the parameters now, [-0.1, -0.1]: [0.4, 0] -> penalty [4, 1]; full momentum 0.9
+    assert close(push(flat, rule, [1.0, 1.0], worker=1, staleness=1, base=1, lr=0.1),
+                 [-0.1 - 0.1 * (0.9 + 0.25), -0.1 - 0.1 * (0.9 + 1.0)])
+
+
+def test_delayed_nesterov_updates_the_momentum_once_per_round_of_pushes():
+    flat, rule = rule_on("delayed-nesterov", [0.0], workers=2)
+    # two workers: the momentum's decay per round 0.9^2 = 0.81, and its weight per push
+    # c * 0.81 = (0.9 / 0.1) * (1 - 0.81) = 1.71, so a steady gradient moves 1 + 1.71 / 0.19 = 10x
+    assert close(push(flat, rule, [1.0], lr=0.1), [-0.1])  # mid-round: the gradient alone
+    assert close(push(flat, rule, [1.0], lr=0.1), [-0.1 - 0.1 * (1 + 1.71 * 1.0)])  # m = mean = 1
+    assert close(push(flat, rule, [0.0], lr=0.1), [-0.371 - 0.1 * 1.71])  # m unchanged mid-round
+
+
+def test_delayed_nesterov_with_one_worker_is_nesterov_sgd():
+    flat, rule = rule_on("delayed-nesterov", [1.0, -2.0], workers=1, weight_decay=0.01)
+    reference = nn.Parameter(torch.tensor([1.0, -2.0]))
+    sgd = torch.optim.SGD([reference], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
+    for grad in ([0.5, -1.0], [0.2, 0.3], [-0.4, 0.1]):
+        reference.grad = torch.tensor(grad)
+        sgd.step()
+        assert close(push(flat, rule, grad, lr=0.1), reference.tolist())
 
 
 def test_local_sgd_takes_an_outer_step_on_the_delta():

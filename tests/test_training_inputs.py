@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.augment import flip_crop
+from engine.augment import augment
 from engine.data import Head, ShardStream, make_loader, resolve_data
 from engine.evaluate import recompute_batchnorm
 from engine.models import normalize
@@ -35,7 +35,7 @@ def test_flip_crop_keeps_the_size_for_small_and_large_images():
     rng = random.Random(0)
     for size in (16, 64, 160):  # pad-and-crop up to 96 px, random-resized crop above
         image = np.random.default_rng(size).integers(0, 256, (size, size, 3), dtype=np.uint8)
-        out = flip_crop(image, rng)
+        out = augment(image, rng, "flip-crop")
         assert out.shape == image.shape and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
 
 
@@ -49,7 +49,7 @@ def test_small_images_are_padded_with_zeros_and_cropped_back():
         y, x = textbook.randint(0, 2 * pad), textbook.randint(0, 2 * pad)
         crop = padded[y:y + 16, x:x + 21]
         expected = crop[:, ::-1] if textbook.random() < 0.5 else crop
-        assert np.array_equal(flip_crop(image, ours), expected)
+        assert np.array_equal(augment(image, ours, "flip-crop"), expected)
 
 
 def test_batchnorm_recompute_sets_the_statistics_of_the_given_samples():
