@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         r = rows[-1]
         print(f"   exit {r['exit_code']}, {r['seconds']} s, {r['images_per_s']} img/s, val acc "
               f"{[round(a, 3) for _, a in r['curve']]}, alerts {r['alerts']}", flush=True)
+        if r["exit_code"]:  # say why here: the run's own output is under WORKDIR/logs
+            print("   | " + "\n   | ".join((work / "logs" / f"{r['run_id']}.txt").read_text().splitlines()[-15:]))
         results = {"machine": machine(), "args": vars(args), "base": base, "rows": rows}
         out.write_text(json.dumps(results, indent=1))  # after every run: a cut-off call keeps its rows
     print(f"\n{results['machine']}\nargs: {vars(args)}\n")

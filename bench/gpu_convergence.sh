@@ -33,7 +33,9 @@ stream() {  # GPU NAME ARGS...: one bench.convergence invocation on one GPU
   CUDA_VISIBLE_DEVICES=$gpu python3 -m bench.convergence "${D[@]}" --workdir /tmp/conv/$name \
     --out "$out/$set-$name.json" "$@" > "$out/$set-$name.log" 2>&1
 }
-if [ "$plan" = one-gpu ]; then
+if [ "$plan" = gpu1 ]; then  # the async half of one-gpu alone
+  stream 1 gpu1 --workers 4,8 --rules default --mps --skip-single
+elif [ "$plan" = one-gpu ]; then
   stream 0 gpu0 --workers 2 --rules default --mps &
   stream 1 gpu1 --workers 4,8 --rules default --mps --skip-single &
   wait
