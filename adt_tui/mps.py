@@ -65,7 +65,18 @@ def start_mps(run_dir: Path, python: str = sys.executable) -> Mps:
         keeper.wait()
         raise ConfigError("mps", f"is on, but the job's MPS daemon did not start ({answer or 'no answer'})",
                           f"see {run_dir / 'logs' / 'mps.log'}, or run without --mps")
-    return Mps(keeper, {"CUDA_MPS_PIPE_DIRECTORY": folder, "CUDA_MPS_LOG_DIRECTORY": folder})
+    return Mps(keeper, {"CUDA_MPS_PIPE_DIRECTORY": folder, "CUDA_MPS_LOG_DIRECTORY": folder,
+                        **client_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))})
+
+
+def client_devices(visible: str | None) -> dict[str, str]:
+    """The job's CUDA_VISIBLE_DEVICES under MPS. The daemon starts with the user's choice (e.g.
+    "1"), and its server numbers those GPUs from 0; a client asking for GPU 1 would find none.
+    So the clients are given the server's numbering: "0", "0,1", ..."""
+    if visible is None:
+        return {}
+    count = len([d for d in visible.split(",") if d.strip()])
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(count))}
 
 
 def keep(run_dir: Path, folder: Path) -> int:

@@ -163,3 +163,14 @@ async def test_the_monitor_says_why_and_exits_2_when_the_daemon_does_not_start(t
         await pilot.pause()
     assert app.return_code == 2
     assert app.supervisor is not None and not app.supervisor.children
+
+
+def test_the_jobs_processes_see_the_gpus_as_the_mps_server_numbers_them():
+    """A daemon started under CUDA_VISIBLE_DEVICES=1 serves that GPU as its device 0: a client
+    still asking for GPU 1 found "No CUDA GPUs are available" (two H200s, --mps)."""
+    from adt_tui.mps import client_devices
+
+    assert client_devices(None) == {}
+    assert client_devices("1") == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert client_devices("3,5") == {"CUDA_VISIBLE_DEVICES": "0,1"}
+    assert client_devices("GPU-94b5bd2a") == {"CUDA_VISIBLE_DEVICES": "0"}
