@@ -6,6 +6,7 @@
 #   a: ResNet-18, 200 classes, 64 px, 50,000 samples, 10 epochs
 #   b: ResNet-18, 100 classes, 32 px, 50,000 samples, 20 epochs
 #   one-gpu:  single process and N=2 on GPU 0, N=4 and N=8 on GPU 1, all with --mps (defaults)
+#   gpu0, gpu1: one half of one-gpu (run two sets at once: `... a gpu1 & ... b gpu0; wait`)
 #   two-gpus: N=2, 4, 8 over both GPUs (1, 2, 4 workers per GPU; no MPS), then N=4 --overlap
 set -uo pipefail
 out=${1:?OUTDIR}; set=${2:?a or b}; plan=${3:?one-gpu or two-gpus}; seeds=${4:-0,1,2}
@@ -33,7 +34,9 @@ stream() {  # GPU NAME ARGS...: one bench.convergence invocation on one GPU
   CUDA_VISIBLE_DEVICES=$gpu python3 -m bench.convergence "${D[@]}" --workdir /tmp/conv/$name \
     --out "$out/$set-$name.json" "$@" > "$out/$set-$name.log" 2>&1
 }
-if [ "$plan" = gpu1 ]; then  # the async half of one-gpu alone
+if [ "$plan" = gpu0 ]; then  # one half of one-gpu: two sets can then share the machine
+  stream 0 gpu0 --workers 2 --rules default --mps
+elif [ "$plan" = gpu1 ]; then
   stream 1 gpu1 --workers 4,8 --rules default --mps --skip-single
 elif [ "$plan" = one-gpu ]; then
   stream 0 gpu0 --workers 2 --rules default --mps &
