@@ -189,3 +189,11 @@ def test_adt_check_exits_2_naming_a_corrupt_shard(data: Path) -> None:
 def test_adt_check_exits_2_on_a_num_classes_mismatch(data: Path) -> None:
     done = adt_check("--data", str(data), "--num-classes", "3")
     assert done.returncode == 2 and "num_classes is 3" in done.stderr and "manifest.json" in done.stderr
+
+
+def test_the_preflight_settles_and_says_the_rule_and_the_augmentation(data: Path) -> None:
+    cfg = config(data, workers=4)
+    lines = "\n".join(preflight(cfg).lines())
+    assert cfg.update_rule == "lookahead-gap-aware" and cfg.augment in ("flip-crop", "crop")
+    assert "update rule: lookahead-gap-aware (the default for 4 workers" in lines
+    assert f"augment: {cfg.augment} (" in lines

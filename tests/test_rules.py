@@ -213,3 +213,14 @@ def test_warmup_in_updates_and_the_other_shapes():
     assert [step(u) for u in (0, 49, 50, 75, 99)] == pytest.approx([0.4, 0.4, 0.04, 0.004, 0.004])
     assert schedule(lr_schedule="constant")(99) == pytest.approx(0.4)
     assert schedule(max_updates=50).total == 50  # a fixed budget ends the curve there
+
+
+def test_auto_picks_the_rule_measured_best_for_the_worker_count():
+    from engine.config import rule_for, update_rule_of
+
+    assert [rule_for(n) for n in (1, 2, 4, 8)] == ["lookahead", "lookahead", "lookahead-gap-aware",
+                                                   "lookahead-gap-aware"]
+    assert rule_for(4, "adamw") == "gap-aware"  # no momentum buffer to look ahead with
+    assert update_rule_of(RunConfig(workers=4).validate()) == "lookahead-gap-aware"
+    assert update_rule_of(RunConfig(workers=4, update_rule="sgd").validate()) == "sgd"
+    assert RunConfig(workers=4, optimizer="adamw").validate().update_rule == "auto"  # accepted
