@@ -81,7 +81,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    f"{rule_for(2)} up to 2 workers, {rule_for(4)} beyond (README: Learning as well as "
                    "one process)")
     p.add_argument("--local-steps", type=int, help="local-sgd: worker steps between exchanges")
-    p.add_argument("--outer-lr", type=float, help="local-sgd: the PS's step size on a worker's delta")
+    p.add_argument("--outer-lr", type=float, help="local-sgd: the PS's step size on a worker's delta; 0: 1/workers, their mean")
     p.add_argument("--outer-momentum", type=float, help="local-sgd: the PS's Nesterov momentum")
     p.add_argument("--dc-lambda", type=float, help="dc-asgd: strength of the delay compensation")
     p.add_argument("--max-staleness", type=int, help="drop pushes staler than this (0: no bound)")

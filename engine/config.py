@@ -77,8 +77,8 @@ class RunConfig:
     # asynchrony: how the PS turns pushes into updates (engine/rules.py)
     workers: int = AUTO  # auto: one per GPU with 2+ GPUs, one process (0) on one GPU, 2 on the CPU
     update_rule: str = "auto"  # auto: the measured best for the worker count (rule_for)
-    local_steps: int = 4  # local-sgd: worker steps between exchanges
-    outer_lr: float = 1.0  # local-sgd: the PS's step size on a worker's delta
+    local_steps: int = 8  # local-sgd: worker steps between exchanges
+    outer_lr: float = 0.0  # local-sgd: the PS's step size on a worker's delta; 0: 1/workers (their mean)
     outer_momentum: float = 0.0  # local-sgd: the PS's Nesterov momentum on deltas
     dc_lambda: float = 2.0  # dc-asgd: the delay compensation's strength (adaptive, DC-ASGD-a)
     max_staleness: int = 0  # 0: no bound

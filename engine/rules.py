@@ -391,17 +391,23 @@ class LocalSGD(UpdateRule):
 
     The scheduled LR drives the workers' own optimizers (it travels in every reply); the outer
     step has its own size and Nesterov momentum, and no weight decay (the workers applied it).
+    Its size defaults to 1/N: a round of N deltas moves the model by their mean, as DiLoCo's
+    outer step averages them. Adding them whole (size 1) collapsed at N=4, in the staleness
+    simulation (16.7%) and on the GPU (26.1%); the mean with k=8 reached 85.6% in the simulation.
     """
 
     name = "local-sgd"
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.outer_lr = self.config.outer_lr or 1 / max(1, self.config.workers)
+
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         momentum = self.config.outer_momentum
-        return torch.optim.SGD(model.parameters(), lr=self.config.outer_lr, momentum=momentum,
-                               nesterov=momentum > 0)
+        return torch.optim.SGD(model.parameters(), lr=0.0, momentum=momentum, nesterov=momentum > 0)
 
     def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
-        self._step(self.config.outer_lr)
+        self._step(self.outer_lr)
 
 
 RULES = {rule.name: rule for rule in (UpdateRule, StalenessLR, AsyncMomentum, DelayCompensated, Lookahead,

@@ -157,6 +157,12 @@ def test_local_sgd_takes_an_outer_step_on_the_delta():
     assert close(push(flat, rule, [0.2]), [1.0 - 0.3])
 
 
+def test_local_sgd_by_default_moves_the_model_by_the_mean_of_a_round_of_deltas():
+    flat, rule = rule_on("local-sgd", [1.0], workers=4)
+    assert close(push(flat, rule, [0.4]), [0.9])  # outer lr 1/4
+    assert RunConfig().local_steps == 8
+
+
 def test_one_process_always_takes_plain_steps():
     model = nn.Linear(2, 1, bias=False)
     flat = FlatModel(model)
