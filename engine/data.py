@@ -33,6 +33,7 @@ from PIL import Image
 from webdataset.tariterators import group_by_keys
 
 from .augment import augment as augmented
+from .mirror import choose_augment
 from .errors import DataError
 from .remote import (
     ShardStat,
@@ -300,9 +301,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.worker, self.workers = worker, workers
         self.loader_workers = max(1, loader_workers)
         self.batch_size, self.train, self.seed = batch_size, train, seed
-        if augment not in ("flip-crop", "crop", "none"):
-            raise ValueError(f"augment {augment!r} is not resolved (engine/mirror.py: choose_augment)")
-        self.augment = augment if train else "none"
+        # `auto` is settled by the preflight; a job started without one settles it the same way here.
+        self.augment = choose_augment(augment, split.manifest)[0] if train else "none"
         self.epoch = 0
         self.size = tuple(split.manifest["image_size"])
         self.num_classes = len(split.manifest["classes"])
