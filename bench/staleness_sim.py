@@ -22,7 +22,6 @@ from torch import nn
 from engine.config import RunConfig
 from engine.data import ShardStream, resolve_data
 from engine.evaluate import evaluate, recompute_batchnorm
-from engine.mirror import choose_augment
 from engine.models import build_model
 from engine.rules import make_optimizer, make_rule
 from engine.schedule import LRSchedule
@@ -44,8 +43,7 @@ def train(data_dir: Path, workers: int, rule_name: str, epochs: int, batch: int,
     worker = FlatModel(build_model(model_name, classes))
     rule = make_rule(config, ps.params, ps.grads, ps.model, single=workers <= 1)
     schedule = LRSchedule(config, data.train.num_samples)
-    augment = choose_augment(config.augment, data.train.manifest)[0]
-    stream = ShardStream(data.train, 0, 1, 0, batch, train=True, seed=seed, augment=augment)
+    stream = ShardStream(data.train, 0, 1, 0, batch, train=True, seed=seed, augment=config.augment)
     loss_fn = nn.CrossEntropyLoss()
     version = 0
     in_flight: collections.deque = collections.deque()  # (worker, version sent, parameters sent)

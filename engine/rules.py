@@ -285,61 +285,47 @@ class GapPenalty:
         self.weight = state["gap_weight"]
 
 
-class GapAware(UpdateRule):
-    """`gap-aware`: the optimizer's step on a gradient penalised by its gap (`GapPenalty`)."""
+class GapAwareStep:
+    """Mixed into a rule: its step, on a gradient penalised by its gap (`GapPenalty`), measured
+    from the point the worker was sent (what `outgoing` gave) to the parameters it lands on."""
+
+    params: torch.Tensor
+    grads: torch.Tensor
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.gap = GapPenalty(self.params)
+
+    def sent(self, worker: int, version: int, params: torch.Tensor | None = None) -> None:
+        self.gap.sent_params.keep(worker, version, self.params if params is None else params)
+
+    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
+        self.gap.penalise(self.grads, worker, staleness, base_version)
+        super().apply(worker, staleness, base_version, lr)  # type: ignore[misc]
+        self.gap.stepped()
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "gap_penalty": round(self.gap.mean_penalty, 3)}  # type: ignore[misc]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self.gap.state_dict()}  # type: ignore[misc]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)  # type: ignore[misc]
+        self.gap.load_state_dict(state)
+
+
+class GapAware(GapAwareStep, UpdateRule):
+    """`gap-aware`: the optimizer's step on the penalised gradient."""
 
     name = "gap-aware"
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.gap = GapPenalty(self.params)
 
-    def sent(self, worker: int, version: int, params: torch.Tensor | None = None) -> None:
-        self.gap.sent_params.keep(worker, version, self.params if params is None else params)
-
-    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
-        self.gap.penalise(self.grads, worker, staleness, base_version)
-        self._step(lr)
-        self.gap.stepped()
-
-    def metrics(self) -> dict[str, float]:
-        return {"gap_penalty": round(self.gap.mean_penalty, 3)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), **self.gap.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.gap.load_state_dict(state)
-
-
-class LookaheadGapAware(Lookahead):
-    """`lookahead-gap-aware`: lookahead's outgoing point, and the gap-aware penalty measured from
-    that point (the one the gradient was computed at) to the parameters it lands on."""
+class LookaheadGapAware(GapAwareStep, Lookahead):
+    """`lookahead-gap-aware`: lookahead's outgoing point and momentum, on the penalised gradient
+    (the gap measured from the lookahead point the gradient was computed at)."""
 
     name = "lookahead-gap-aware"
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.gap = GapPenalty(self.params)
-
-    def sent(self, worker: int, version: int, params: torch.Tensor | None = None) -> None:
-        self.gap.sent_params.keep(worker, version, self.params if params is None else params)
-
-    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
-        self.gap.penalise(self.grads, worker, staleness, base_version)
-        super().apply(worker, staleness, base_version, lr)
-        self.gap.stepped()
-
-    def metrics(self) -> dict[str, float]:
-        return {**super().metrics(), "gap_penalty": round(self.gap.mean_penalty, 3)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), **self.gap.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.gap.load_state_dict(state)
 
 
 class DelayedNesterov(UpdateRule):
