@@ -69,4 +69,4 @@ def test_closing_summary_says_its_staleness_counts_every_push():
 def test_an_unknown_choice_lists_the_choices_as_words_not_a_tuple():
     with pytest.raises(ConfigError) as caught:
         RunConfig(update_rule="fifo").validate()
-    assert "use one of sgd, lr/staleness," in str(caught.value) and "(" not in str(caught.value).split("Fix:")[1]
+    assert "use one of auto, sgd, lr/staleness," in str(caught.value) and "(" not in str(caught.value).split("Fix:")[1]
