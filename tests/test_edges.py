@@ -269,7 +269,7 @@ def test_a_stopped_worker_stuck_on_a_silent_ps_exits_after_the_grace_period(tiny
 
 # --- quiet exits ---------------------------------------------------------------------------------
 GATE = """
-import runpy, sys, time
+import sys, time
 
 class Gate:
     '''Holds the first import of one module, as a slow disk would, until a signal comes.'''
@@ -283,7 +283,8 @@ class Gate:
 module, marker = sys.argv[1], sys.argv[2]
 sys.argv = ["adt", *sys.argv[3:]]
 sys.meta_path.insert(0, Gate())
-runpy.run_module("adt_tui.cli", run_name="__main__", alter_sys=True)
+from adt_tui.entry import main  # what the `adt` console script runs
+sys.exit(main())
 """
 
 
@@ -292,7 +293,8 @@ runpy.run_module("adt_tui.cli", run_name="__main__", alter_sys=True)
     (["watch", "runs/none"], "textual"),
     (["report", "none"], "matplotlib"),
     (["data", "prepare", "nowhere"], "PIL"),
-], ids=["run", "watch", "report", "data-prepare"])
+    (["run", "--no-ui"], "adt_tui.cli"),
+], ids=["run", "watch", "report", "data-prepare", "adt-itself"])
 def test_ctrl_c_while_a_command_imports_exits_130_with_one_line(command, module, tiny_data, tmp_path):
     """SIGINT while the command's heavy import is under way: `adt` runs these commands with the
     real entry point, only that import is held until the signal arrives."""
