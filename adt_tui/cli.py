@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from engine.config import DEFAULT_DATA, UPDATE_RULES, ConfigError, RunConfig, build_config, rule_for
+from engine.config import AUTO, DEFAULT_DATA, SECTIONS, ConfigError, RunConfig, build_config
 from engine.errors import CheckpointError, DataError
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
@@ -32,6 +33,8 @@ class _ShowDefaults(argparse.HelpFormatter):
         else:
             return action.help
         shown = ("on" if value else "off") if isinstance(value, bool) else repr(value) if value == "" else value
+        if value == AUTO and not isinstance(value, bool):
+            shown = "auto"
         if isinstance(value, list):
             shown = ", ".join(value) or "none"
         return f"{text} (default: {str(shown).replace('%', '%%')})".lstrip()
@@ -49,75 +52,31 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
-    """Flags for every RunConfig field (None = not given, so TOML or the default stands)."""
+    """A flag for every RunConfig field, derived from its declaration (engine/config.py `setting`),
+    grouped by section. Their argparse default is None (not given), so TOML or the field's
+    default stands; the choices are checked by `RunConfig.validate`, with its message."""
     p.add_argument("--config", help="TOML file with run settings (flags win)")
-    p.add_argument("--data", help=f"data directory with train/ and val/ shard folders (default {DEFAULT_DATA})")
-    p.add_argument("--train-url", help="train shards: a path, http(s):// URL or pipe:COMMAND, "
-                   "e.g. http://host/train/train-{000000..000003}.tar")
-    p.add_argument("--val-url", help="validation shard URL")
-    p.add_argument("--model", help="cnn (small, fast), a torchvision model name (resnet18, resnet50, "
-                   "efficientnet_b0, vit_b_16, ...), or your own build(num_classes): path/to/file.py:build "
-                   "or package.module:build")
-    p.add_argument("--small-input-stem", help="ResNets: 3x3 stride-1 first convolution and no max-pool; "
-                   "auto (on for images up to 64 px), on or off")
-    p.add_argument("--num-classes", type=int, help="classes the model predicts (default 0: as many as the data's manifest lists)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-updates", type=int, help="stop after this many updates (0: all epochs)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", help="sgd or adamw")
-    p.add_argument("--lr", type=float, help="peak learning rate (reached at the end of the warmup)")
-    p.add_argument("--lr-schedule", help="after the warmup: cosine (to zero), step (x0.1 at 50%% and "
-                   "75%% of the run) or constant")
-    p.add_argument("--warmup", help="linear LR warmup: updates (300) or epochs (1ep, 0.5ep); 0 for none")
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing, e.g. 0.1")
-    p.add_argument("--augment", help="training augmentation: flip-crop (random crop + flip), crop (no flip: "
-                   "digits, text) or none; auto: crop when flipping changes the data's class means "
-                   "(measured when the shards were written), else flip-crop")
-    p.add_argument("--workers", type=int, help="worker processes; 0 trains in one process, no RPC "
-                   "(default: one per GPU with 2+ GPUs, one process on one GPU, 2 on the CPU)")
-    p.add_argument("--update-rule", help=f"how the PS applies pushes: {', '.join(UPDATE_RULES)}; auto: "
-                   f"{rule_for(2)} up to 2 workers, {rule_for(4)} beyond (README: Learning as well as "
-                   "one process)")
-    p.add_argument("--local-steps", type=int, help="local-sgd: worker steps between exchanges")
-    p.add_argument("--outer-lr", type=float, help="local-sgd: the PS's step size on a worker's delta; 0: 1/workers, their mean")
-    p.add_argument("--outer-momentum", type=float, help="local-sgd: the PS's Nesterov momentum")
-    p.add_argument("--dc-lambda", type=float, help="dc-asgd: strength of the delay compensation")
-    p.add_argument("--max-staleness", type=int, help="drop pushes staler than this (0: no bound)")
-    p.add_argument("--transfer-dtype", help="fp32 or bf16 for parameter/gradient traffic")
-    p.add_argument("--transport", help="flat (one buffer per message) or plain (per-parameter; for comparison)")
-    p.add_argument("--overlap", action="store_true", default=None,
-                   help="push step k while step k+1 computes: hides the round trip, +1 staleness")
-    p.add_argument("--ps-device", help="the parameter server's device: auto (default: a spare GPU, "
-                   "else worker 0's; the CPU without GPUs), cpu, cuda or cuda:N")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the workers' model")
-    p.add_argument("--mps", action="store_true", default=None,
-                   help="workers sharing a GPU run side by side through the job's own NVIDIA MPS daemon")
-    p.add_argument("--loader-workers", type=int, help="DataLoader processes per training process "
-                   "(0: inline; default: the spare cores split over the GPU processes, 1 on the CPU)")
-    p.add_argument("--device", help="the workers' device: auto (default: the GPUs when present, "
-                   "worker k on GPU k mod G), cpu, cuda or cuda:N")
-    p.add_argument("--eval-every", type=int, help="validate every K updates (0: once per epoch)")
-    p.add_argument("--bn-recompute", type=int, help="training samples to recompute BatchNorm "
-                   "statistics on before each validation (0: average the workers' statistics)")
-    p.add_argument("--stop-on-divergence", action="store_true", default=None)
-    p.add_argument("--worker-timeout", type=float)
-    p.add_argument("--max-restarts", type=int, help="per worker: when one dies, checkpoint and restart "
-                   "the job from there, up to K times (README: A lost worker comes back)")
-    p.add_argument("--host", help="RPC address (default 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=int, help="RPC port (default: a free one)")
-    p.add_argument("--join-timeout", type=float, help="seconds the PS waits for every worker to join "
-                   "(and a worker for the PS) before the run fails naming who never came")
-    p.add_argument("--grace-period", type=float, help="seconds to wait before killing on stop")
-    p.add_argument("--log-interval", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--runs-dir")
-    p.add_argument("--checkpoints-dir")
-    p.add_argument("--run-id", help="name for a new run (default: time-based)")
-    p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
-    p.add_argument("--force", action="store_true", default=None,
-                   help="resume even if the data fingerprint differs (never with another model shape)")
+    groups = {name: p.add_argument_group(f"{name} settings") for name in SECTIONS}
+    for spec in dataclasses.fields(RunConfig):
+        if spec.metadata["flag"]:
+            groups[spec.metadata["section"]].add_argument(f"--{spec.name.replace('_', '-')}", **_flag_options(spec))
+
+
+def _flag_options(spec: dataclasses.Field) -> dict[str, Any]:
+    text, choices = spec.metadata["help"], spec.metadata["choices"]
+    if choices and not all(choice in text for choice in choices):
+        text += f"; one of {', '.join(choices)}"
+    options: dict[str, Any] = {"help": text.replace("%", "%%"), "default": None}
+    if spec.metadata["metavar"]:
+        options["metavar"] = spec.metadata["metavar"]
+    kind = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list}[str(spec.type)]
+    if kind is bool:
+        options["action"] = "store_true"
+    elif kind is list:
+        options["action"] = "append"
+    elif kind is not str:
+        options["type"] = kind
+    return options
 
 
 _NOT_CONFIG = {"config", "command", "no_ui", "func", "restart_on_change"}
@@ -229,9 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train (opens the monitor; --no-ui for headless)")
     _run_flags(run)
     run.add_argument("--no-ui", action="store_true", help="run headless: plain progress on stdout")
-    run.add_argument("--watch", action="append", metavar="PATH",
-                     help="a file or directory the job depends on, watched and fingerprinted with its "
-                     "code (repeatable; directories: their *.py files)")
     run.add_argument("--restart-on-change", action="store_true",
                      help="restart the job by itself when watched source or its config file changes")
     run.set_defaults(func=cmd_run)

@@ -13,107 +13,125 @@ from typing import Any
 
 import tomllib
 
+from .errors import ConfigError
+from .rule_registry import RULE_NAMES, rule_for, rule_spec
+from .sources import parse_model, resnet_family
+
 SMALL_INPUT_STEMS = ("auto", "on", "off")
 OPTIMIZERS = ("sgd", "adamw")
-UPDATE_RULES = ("auto", "sgd", "lr/staleness", "async-momentum", "dc-asgd", "lookahead", "lookahead-damped",
-                "gap-aware", "lookahead-gap-aware", "delayed-nesterov", "local-sgd")
+UPDATE_RULES = RULE_NAMES
 LR_SCHEDULES = ("constant", "cosine", "step")
 AUGMENTS = ("auto", "flip-crop", "crop", "none")
-DEVICES = ("auto", "cpu", "cuda")
 TRANSFER_DTYPES = ("fp32", "bf16")
 TRANSPORTS = ("flat", "plain")
 DEFAULT_DATA = "data/synthetic"
 AUTO = -1  # workers, loader_workers: decided by the placement (engine/placement.py) at the edge
 
 
-def rule_for(workers: int, optimizer: str = "sgd") -> str:
-    """The update rule `auto` means for this many workers: the best measured at that count
-    (docs/BENCHMARKS.md, Convergence). AdamW has no momentum buffer to look ahead with."""
-    if optimizer != "sgd":
-        return "gap-aware"
-    return "lookahead" if workers <= 2 else "lookahead-gap-aware"
-
-
 def update_rule_of(config: RunConfig) -> str:
     """The rule the run applies: the configured one, or what `auto` means for its workers."""
-    if config.update_rule == "auto":
-        return rule_for(config.workers, config.optimizer)
-    return config.update_rule
+    return rule_spec(config.update_rule, config.workers, config.optimizer).name
 
 
-class ConfigError(ValueError):
-    """A config value a person must fix; `str()` is the whole message."""
+def setting(section: str, default: Any, help: str, *, choices: tuple[str, ...] = (),
+            at_least: float | None = None, positive: bool = False, below_one: bool = False,
+            metavar: str | None = None, flag: bool = True) -> Any:
+    """One setting, declared once: its default, its `--help` line, its section (the TOML table
+    and the help group it appears under), its choices and its bounds. The CLI flag, the TOML key
+    and the generic checks of `RunConfig.validate` are derived from this; `flag=False` is for
+    fields adt fills in itself."""
+    metadata = {"section": section, "help": help, "choices": choices, "at_least": at_least,
+                "positive": positive, "below_one": below_one, "metavar": metavar, "flag": flag}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
-    def __init__(self, field_name: str, problem: str, fix: str, source: str = "",
-                 heading: str = "config error") -> None:
-        where = f" in {source}" if source else ""
-        super().__init__(f"{heading}{where}: '{field_name}' {problem}. Fix: {fix}.")
-        self.field, self.problem, self.fix = field_name, problem, fix
+
+def _section(name: str) -> Any:
+    return lambda *args, **kwargs: setting(name, *args, **kwargs)
+
+
+# The sections, in --help's order; a TOML file may put a key at the top level, under [run] or
+# under its section's table.
+SECTIONS = ("data", "model", "optimization", "asynchrony", "devices", "health", "network", "paths")
+_data, _model, _optim, _async, _devices, _health, _network, _paths = map(_section, SECTIONS)
 
 
 @dataclass
 class RunConfig:
     """Everything a run needs; saved as runs/<id>/config.json and inside every checkpoint."""
 
-    # data: a data directory holding train/ and val/ shard folders, or explicit shard URLs
-    data: str = DEFAULT_DATA
-    train_url: str = ""
-    val_url: str = ""
-    # model and optimisation
-    model: str = "cnn"  # cnn, a torchvision name, FILE.py:FUNCTION or MODULE:FUNCTION (engine/sources.py)
-    small_input_stem: str = "auto"  # ResNets: 3x3 stride-1 stem, no max-pool; auto = images <= 64 px
-    num_classes: int = 0  # 0: take it from the data manifest
-    epochs: int = 3
-    max_updates: int = 0  # stop after this many applied updates (0: run all epochs)
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.05  # the peak learning rate (reached at the end of the warmup)
-    lr_schedule: str = "cosine"  # after the warmup: cosine to zero, step (x0.1 at 50% and 75%), constant
-    warmup: str = "1ep"  # linear warmup: "2ep" in epochs, "300" in updates, "0" for none
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    augment: str = "auto"  # training only: flip-crop, crop (no flip) or none; auto: flip-crop unless the data's mirror changes its classes
-    # asynchrony: how the PS turns pushes into updates (engine/rules.py)
-    workers: int = AUTO  # auto: one per GPU with 2+ GPUs, one process (0) on one GPU, 2 on the CPU
-    update_rule: str = "auto"  # auto: the measured best for the worker count (rule_for)
-    local_steps: int = 8  # local-sgd: worker steps between exchanges
-    outer_lr: float = 0.0  # local-sgd: the PS's step size on a worker's delta; 0: 1/workers (their mean)
-    outer_momentum: float = 0.0  # local-sgd: the PS's Nesterov momentum on deltas
-    dc_lambda: float = 2.0  # dc-asgd: the delay compensation's strength (adaptive, DC-ASGD-a)
-    max_staleness: int = 0  # 0: no bound
-    transfer_dtype: str = "fp32"
-    overlap: bool = False  # push step k while step k+1 computes (hides the round trip; +1 staleness)
-    transport: str = "flat"  # plain: one tensor per parameter, separate pull and push (for benchmarks)
-    # input pipeline and devices
-    loader_workers: int = AUTO  # decoding processes per training process; auto: the spare cores
-    device: str = "auto"  # the workers' (and the single process's): auto = the GPUs when present
-    ps_device: str = "auto"  # the parameter server's: auto = a spare GPU, else worker 0's, or the CPU
-    compile: bool = False  # torch.compile the workers' model
-    mps: bool = False  # the job's processes share a GPU through NVIDIA MPS (adt_tui/mps.py)
-    # evaluation, checkpoints, health
-    eval_every: int = 0  # updates between validations; 0: once per epoch
-    bn_recompute: int = 2048  # training samples to recompute BatchNorm statistics on before validating
-    stop_on_divergence: bool = False
-    chance_warmup_evals: int = 1
-    worker_timeout: float = 60.0
-    max_restarts: int = 0  # per worker: a worker that dies brings the job back from a checkpoint taken then
-    # processes and network
-    host: str = "127.0.0.1"
-    port: int = 0  # 0: pick a free port
-    join_timeout: float = 300.0  # seconds the PS waits for its workers to join, and a worker for the PS
-    grace_period: float = 15.0
-    log_interval: float = 1.0
-    seed: int = 0
-    # where things go
-    runs_dir: str = "runs"
-    checkpoints_dir: str = "checkpoints"
-    run_id: str = ""
-    resume: str = ""
-    force: bool = False
-    # what else the job's code fingerprint and the stale-code watchers cover
-    config_file: str = ""  # the TOML file the run was started with (absolute; set by build_config)
-    watch: list[str] = field(default_factory=list)  # more files or directories
+    data: str = _data(DEFAULT_DATA, "data directory with train/ and val/ shard folders")
+    train_url: str = _data("", "train shards: a path, http(s):// URL or pipe:COMMAND, "
+                           "e.g. http://host/train/train-{000000..000003}.tar")
+    val_url: str = _data("", "validation shard URL")
+    augment: str = _data("auto", "training augmentation: flip-crop (random crop + flip), crop (no flip: "
+                         "digits, text) or none; auto: crop when flipping changes the data's class means "
+                         "(measured when the shards were written), else flip-crop", choices=AUGMENTS)
+    model: str = _model("cnn", "cnn (small, fast), a torchvision model name (resnet18, resnet50, "
+                        "efficientnet_b0, vit_b_16, ...), or your own build(num_classes): "
+                        "path/to/file.py:build or package.module:build (engine/sources.py)")
+    small_input_stem: str = _model("auto", "ResNets: 3x3 stride-1 first convolution and no max-pool; "
+                                   "auto (on for images up to 64 px), on or off", choices=SMALL_INPUT_STEMS)
+    num_classes: int = _model(0, "classes the model predicts; 0: as many as the data's manifest lists",
+                              at_least=0)
+    compile: bool = _model(False, "torch.compile the workers' model")
+    epochs: int = _optim(3, "epochs", at_least=1)
+    max_updates: int = _optim(0, "stop after this many updates (0: all epochs)", at_least=0)
+    batch_size: int = _optim(64, "images per step and worker", at_least=1)
+    optimizer: str = _optim("sgd", "the optimizer", choices=OPTIMIZERS)
+    lr: float = _optim(0.05, "peak learning rate (reached at the end of the warmup)", positive=True)
+    lr_schedule: str = _optim("cosine", "after the warmup: cosine (to zero), step (x0.1 at 50% and 75% of "
+                              "the run) or constant", choices=LR_SCHEDULES)
+    warmup: str = _optim("1ep", "linear LR warmup: updates (300) or epochs (1ep, 0.5ep); 0 for none")
+    momentum: float = _optim(0.9, "SGD momentum", at_least=0, below_one=True)
+    weight_decay: float = _optim(5e-4, "weight decay", at_least=0)
+    label_smoothing: float = _optim(0.0, "cross-entropy label smoothing, e.g. 0.1", at_least=0, below_one=True)
+    seed: int = _optim(0, "seed of the model's initialisation and the data order")
+    workers: int = _async(AUTO, "worker processes; 0 trains in one process, no RPC; auto (-1): one per GPU "
+                          "with 2+ GPUs, one process on one GPU, 2 on the CPU", at_least=AUTO)
+    update_rule: str = _async("auto", "how the PS applies pushes; auto: " + rule_for(2) + " up to 2 workers, "
+                              + rule_for(4) + " beyond (README: Learning as well as one process)",
+                              choices=UPDATE_RULES)
+    local_steps: int = _async(8, "local-sgd: worker steps between exchanges", at_least=1)
+    outer_lr: float = _async(0.0, "local-sgd: the PS's step size on a worker's delta; 0: 1/workers, their mean",
+                             at_least=0)
+    outer_momentum: float = _async(0.0, "local-sgd: the PS's Nesterov momentum", at_least=0, below_one=True)
+    dc_lambda: float = _async(2.0, "dc-asgd: strength of the delay compensation", at_least=0)
+    max_staleness: int = _async(0, "drop pushes staler than this (0: no bound)", at_least=0)
+    transfer_dtype: str = _async("fp32", "parameter and gradient traffic", choices=TRANSFER_DTYPES)
+    transport: str = _async("flat", "flat (one buffer per message) or plain (per-parameter; for comparison)",
+                            choices=TRANSPORTS)
+    overlap: bool = _async(False, "push step k while step k+1 computes: hides the round trip, +1 staleness")
+    device: str = _devices("auto", "the workers' device: auto (the GPUs when present, worker k on GPU k mod G), "
+                           "cpu, cuda or cuda:N")
+    ps_device: str = _devices("auto", "the parameter server's device: auto (a spare GPU, else worker 0's; "
+                              "the CPU without GPUs), cpu, cuda or cuda:N")
+    mps: bool = _devices(False, "workers sharing a GPU run side by side through the job's own NVIDIA MPS daemon")
+    loader_workers: int = _devices(AUTO, "DataLoader processes per training process; 0: inline; auto (-1): "
+                                   "the spare cores split over the GPU processes, 1 on the CPU", at_least=AUTO)
+    eval_every: int = _health(0, "validate every K updates (0: once per epoch)", at_least=0)
+    bn_recompute: int = _health(2048, "training samples to recompute BatchNorm statistics on before each "
+                                "validation (0: average the workers' statistics)", at_least=0)
+    stop_on_divergence: bool = _health(False, "stop the run when the loss diverges")
+    chance_warmup_evals: int = _health(1, "validations at chance accuracy tolerated before the alert", at_least=0)
+    worker_timeout: float = _health(60.0, "seconds without a push before a worker counts as lost", positive=True)
+    max_restarts: int = _health(0, "per worker: when one dies, checkpoint and restart the job from there, up "
+                                "to K times (README: A lost worker comes back)", at_least=0)
+    host: str = _network("127.0.0.1", "RPC address (loopback only unless you ask for more)")
+    port: int = _network(0, "rendezvous port (0: a free one)", at_least=0)
+    join_timeout: float = _network(300.0, "seconds the PS waits for every worker to join (and a worker for the "
+                                   "PS) before the run fails naming who never came", positive=True)
+    grace_period: float = _network(15.0, "seconds to wait before killing on stop", positive=True)
+    log_interval: float = _network(1.0, "seconds between a process's metrics events", positive=True)
+    runs_dir: str = _paths("runs", "where run directories go")
+    checkpoints_dir: str = _paths("checkpoints", "where checkpoints go")
+    run_id: str = _paths("", "name for a new run (default: time-based)")
+    resume: str = _paths("", "continue a run from its last checkpoint", metavar="RUN_ID")
+    force: bool = _paths(False, "resume even if the data fingerprint differs (never with another model shape)")
+    watch: list[str] = _paths([], "a file or directory the job depends on, watched and fingerprinted with its "
+                              "code (repeatable; directories: their *.py files)", metavar="PATH")
+    config_file: str = _paths("", "the TOML file the run was started with (set by adt)", flag=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,14 +160,12 @@ class RunConfig:
                 setattr(self, name, float(value))
             elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 bad(name, f"must be {kind.__name__}, got {value!r}", f"set {name} to a {kind.__name__}")
-        from .sources import parse_model, resnet_family  # it imports ConfigError from here
-
         try:
             parse_model(self.model)  # its form, and a user's file; names are checked with torchvision
         except ConfigError as exc:
             bad("model", exc.problem, exc.fix)
-        if self.small_input_stem not in SMALL_INPUT_STEMS:
-            bad("small_input_stem", f"is {self.small_input_stem!r}", f"use one of {', '.join(SMALL_INPUT_STEMS)}")
+        for f in dataclasses.fields(self):
+            _check_declared(f, getattr(self, f.name), bad)
         if self.small_input_stem == "on" and not resnet_family(self.model):
             bad("small_input_stem", f"is 'on', but model {self.model!r} is not a torchvision ResNet "
                 "(resnet*, resnext*, wide_resnet*), the only models with that stem",
@@ -157,56 +173,17 @@ class RunConfig:
         for path in self.watch:
             if not isinstance(path, str) or not Path(path).expanduser().exists():
                 bad("watch", f"names {path!r}, which does not exist", "pass an existing file or directory")
-        if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", f"is {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
-        if self.update_rule not in UPDATE_RULES:
-            bad("update_rule", f"is {self.update_rule!r}", f"use one of {', '.join(UPDATE_RULES)}")
-        if self.update_rule.startswith(("lookahead", "delayed-nesterov")) and self.optimizer != "sgd":
+        if self.optimizer not in rule_spec(self.update_rule, self.workers, self.optimizer).optimizers:
             bad("update_rule", f"is {self.update_rule!r}, which works on SGD's momentum, but the optimizer is "
                 f"{self.optimizer!r}", "use --optimizer sgd, or another update rule")
-        if self.lr_schedule not in LR_SCHEDULES:
-            bad("lr_schedule", f"is {self.lr_schedule!r}", f"use one of {', '.join(LR_SCHEDULES)}")
-        if self.augment not in AUGMENTS:
-            bad("augment", f"is {self.augment!r}", f"use one of {', '.join(AUGMENTS)}")
         if parse_warmup(self.warmup) is None:
             bad("warmup", f"is {self.warmup!r}", "pass updates (e.g. 300) or epochs (e.g. 1ep, 0.5ep)")
-        if self.local_steps < 1:
-            bad("local_steps", f"is {self.local_steps}, but it must be at least 1", "pass e.g. --local-steps 4")
-        if not 0 <= self.label_smoothing < 1:
-            bad("label_smoothing", f"is {self.label_smoothing}", "use a value in [0, 1)")
-        if not 0 <= self.outer_momentum < 1:
-            bad("outer_momentum", f"is {self.outer_momentum}", "use a value in [0, 1)")
-        for name in ("outer_lr", "dc_lambda"):
-            if getattr(self, name) < 0:
-                bad(name, f"is {getattr(self, name)}, but it cannot be negative", f"pass {name} >= 0")
         for name in ("device", "ps_device"):
             value = getattr(self, name)
-            if value not in DEVICES and not (value.startswith("cuda:") and value[5:].isdigit()):
+            if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
                 bad(name, f"is {value!r}", "use auto, cpu, cuda or cuda:N")
-        if self.transport not in TRANSPORTS:
-            bad("transport", f"is {self.transport!r}", f"use one of {', '.join(TRANSPORTS)}")
-        if self.transfer_dtype not in TRANSFER_DTYPES:
-            bad("transfer_dtype", f"is {self.transfer_dtype!r}", f"use one of {', '.join(TRANSFER_DTYPES)}")
-        if not self.lr > 0:
-            bad("lr", f"is {self.lr}, but the learning rate must be positive", "pass e.g. --lr 0.05")
-        for name in ("workers", "loader_workers"):
-            if getattr(self, name) < AUTO:
-                bad(name, f"is {getattr(self, name)}, but it cannot be negative",
-                    f"use 0 or more, or {AUTO} to let adt choose")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                bad(name, f"is {getattr(self, name)}, but it must be at least 1", f"pass a positive {name}")
-        for name in ("num_classes", "max_updates", "momentum", "weight_decay", "max_staleness", "eval_every", "bn_recompute",
-                     "chance_warmup_evals", "port", "max_restarts"):
-            if getattr(self, name) < 0:
-                bad(name, f"is {getattr(self, name)}, but it cannot be negative", f"pass {name} >= 0")
-        if not 0 <= self.momentum < 1:
-            bad("momentum", f"is {self.momentum}", "use a value in [0, 1)")
         if self.port > 65535:
             bad("port", f"is {self.port}", "use 0 (pick a free port) or a port below 65536")
-        for name in ("worker_timeout", "join_timeout", "grace_period", "log_interval"):
-            if not getattr(self, name) > 0:
-                bad(name, f"is {getattr(self, name)}, but it must be positive", f"pass {name} > 0")
         if not (self.train_url or self.data):
             bad("data", "is empty", "pass --data DIR or --train-url/--val-url")
         if bool(self.train_url) != bool(self.val_url):
@@ -226,6 +203,23 @@ def parse_warmup(text: str) -> tuple[float, str] | None:
     return (value, unit) if value >= 0 and value == value else None
 
 
+def _check_declared(f: dataclasses.Field, value: Any, bad: Any) -> None:
+    """The checks a field's declaration (`setting`) implies: its choices and its bounds."""
+    spec, name = f.metadata, f.name
+    if spec["choices"] and value not in spec["choices"]:
+        bad(name, f"is {value!r}", f"use one of {', '.join(spec['choices'])}")
+    if spec["at_least"] == AUTO and value < AUTO:
+        bad(name, f"is {value}, but it cannot be negative", f"use 0 or more, or {AUTO} to let adt choose")
+    elif spec["at_least"] == 1 and value < 1:
+        bad(name, f"is {value}, but it must be at least 1", f"pass a positive {name}")
+    elif spec["at_least"] == 0 and value < 0:
+        bad(name, f"is {value}, but it cannot be negative", f"pass {name} >= 0")
+    if spec["positive"] and not value > 0:
+        bad(name, f"is {value}, but it must be positive", f"pass {name} > 0")
+    if spec["below_one"] and not value < 1:
+        bad(name, f"is {value}", "use a value in [0, 1)")
+
+
 _TYPES: dict[str, type] = {
     f.name: {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}[f.type]  # type: ignore[index]
     for f in dataclasses.fields(RunConfig)
@@ -233,7 +227,8 @@ _TYPES: dict[str, type] = {
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config; keys may sit at the top level or under [run]."""
+    """Read a TOML config; keys may sit at the top level, under [run] or under their section's
+    table ([data], [optimization], ... as SECTIONS names them)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("config", f"file {path} does not exist", "pass an existing TOML file")
@@ -241,8 +236,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         values = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"file {path} is not valid TOML ({exc})", "fix the syntax") from exc
-    values = {**values.pop("run", {}), **values}
-    return {key.replace("-", "_"): value for key, value in values.items()}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and (key == "run" or key in SECTIONS):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return {key.replace("-", "_"): value for key, value in flat.items()}
 
 
 def build_config(toml_path: str | None, overrides: dict[str, Any]) -> RunConfig:

@@ -33,8 +33,8 @@ from PIL import Image
 from webdataset.tariterators import group_by_keys
 
 from .augment import augment as augmented
-from .mirror import choose_augment
 from .errors import DataError
+from .mirror import choose_augment
 from .remote import (
     ShardStat,
     folder_of,

@@ -4,6 +4,16 @@ Kept free of torch so the command line can catch them without importing it.
 """
 
 
+class ConfigError(ValueError):
+    """A config value a person must fix; `str()` is the whole message."""
+
+    def __init__(self, field_name: str, problem: str, fix: str, source: str = "",
+                 heading: str = "config error") -> None:
+        where = f" in {source}" if source else ""
+        super().__init__(f"{heading}{where}: '{field_name}' {problem}. Fix: {fix}.")
+        self.field, self.problem, self.fix = field_name, problem, fix
+
+
 class DataError(ValueError):
     """Bad input data; the message names the file, what is wrong and the fix."""
 

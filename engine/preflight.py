@@ -31,6 +31,7 @@ from .mirror import choose_augment
 from .models import check_model
 from .placement import gpu_count, place
 from .remote import is_pipe, is_remote, shard_name
+from .rule_registry import rule_spec
 
 SAMPLES_PER_SHARD = 2  # enough to catch a wrong format, size or class map; cheap on any data set
 
@@ -196,7 +197,7 @@ def preflight(config: RunConfig, local_workers: int | None = None) -> PreflightR
     config.augment, why = choose_augment(config.augment, spec.train.manifest)
     report.augment = f"augment: {config.augment} ({why})"
     report.warnings += _reader_warnings(spec.train, readers, config)
-    if config.overlap and config.workers > 1 and config.update_rule != "lookahead-damped":
+    if config.overlap and config.workers > 1 and not rule_spec(update_rule_of(config)).overlap_safe:
         report.warnings.append("--overlap adds one update of staleness per worker: with 4 workers it cost "
                                "lookahead and dc-asgd 24 points of final validation accuracy on the GPU "
                                "benchmark (docs/BENCHMARKS.md, Convergence). Drop --overlap, or use "

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError
+from .errors import ConfigError
 from .fingerprint import PROJECT_ROOT, SOURCE_DIRS
 
 if TYPE_CHECKING:

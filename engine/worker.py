@@ -24,6 +24,7 @@ from .fingerprint import startup_fingerprint
 from .models import build_for, normalize
 from .placement import device_for, local_slot
 from .profile import StepProfiler
+from .rule_registry import rule_spec
 from .rules import make_optimizer
 from .server import FlatModel
 
@@ -107,7 +108,7 @@ def run_worker(client: Any, config: RunConfig, train: Split, worker: int, worker
     if not client.shares_model:
         flat.params.copy_(reply["params"])
     epoch, step, samples = reply["epoch"], 0, 0
-    local = update_rule_of(config) == "local-sgd" and not client.shares_model
+    local = rule_spec(update_rule_of(config)).worker_sends == "delta" and not client.shares_model
     link = (LocalSteps if local else Exchange)(client, flat, config, reply["version"], reply["lr"])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     meter = Meter()
