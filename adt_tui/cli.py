@@ -12,8 +12,7 @@ from typing import Any
 
 from engine.config import AUTO, DEFAULT_DATA, SECTIONS, ConfigError, RunConfig, build_config
 from engine.errors import CheckpointError, DataError
-
-EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
+from engine.events import ExitCode
 
 
 class _ShowDefaults(argparse.HelpFormatter):
@@ -269,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C now would be a traceback
         print("adt: interrupted", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
 
 
 def _main(argv: list[str] | None) -> int:
@@ -282,7 +281,7 @@ def _main(argv: list[str] | None) -> int:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"adt: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
 
 
 if __name__ == "__main__":

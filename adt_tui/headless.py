@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.config import RunConfig
-from engine.events import EventTail
+from engine.events import EventTail, ExitCode
 from engine.sources import job_sources
 
 from .launch import prepare_job
@@ -22,8 +22,6 @@ from .series import Curves
 from .stale import StartedSources
 from .supervisor import Child, Supervisor, describe_exit
 from .watcher import SourceWatcher
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class Printer:
@@ -286,11 +284,11 @@ def finish(supervisor: Supervisor, printer: Printer, interrupted: bool) -> int:
         tail = _log_tail(main.log_path)
         if tail:
             printer.line(tail)
-    if main is not None and main.exit_code == EXIT_BAD_INPUT:
-        return EXIT_BAD_INPUT
+    if main is not None and main.exit_code == ExitCode.BAD_INPUT:
+        return ExitCode.BAD_INPUT
     if interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_OK if printer.outcome == "finished" else EXIT_FAILED
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK if printer.outcome == "finished" else ExitCode.FAILED
 
 
 def stopped_where(printer: Printer) -> str:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from engine.config import ConfigError
 
+from .processes import is_job_process
+
 CONTROL = "nvidia-cuda-mps-control"
 START_TIMEOUT = 30.0  # seconds for the daemon to answer its first command
 
@@ -139,7 +141,6 @@ def _command(text: str, env: dict[str, str]) -> str | None:
 
 
 def _job_alive(run_dir: Path) -> bool:
-    from .supervisor import is_job_process
 
     try:
         pids = json.loads((run_dir / "pids.json").read_text())["children"].values()

@@ -36,12 +36,11 @@ from typing import Any, TextIO
 import psutil
 
 from engine.config import ConfigError, RunConfig
-from engine.events import EventTail, EventWriter
+from engine.events import EventTail, EventWriter, ExitCode
 from engine.listen import is_loopback, launch_listeners
 
 from .supervisor import PROJECT_ROOT, new_run_id
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 LAUNCHER = "torchrun"  # its name in pids.json and its log: runs/<id>/logs/torchrun.log
 
 
@@ -150,7 +149,7 @@ def launch(plan: NodePlan, run_dir: Path | None, grace_period: float, out: TextI
                                  node_env(plan).get("TP_SOCKET_IFNAME", ""), plan.node_rank)
     print("\n".join(listeners), file=out, flush=True)
     if dry_run:
-        return EXIT_OK
+        return ExitCode.OK
     env = {**os.environ, **node_env(plan), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(plan, run_dir)]
@@ -224,19 +223,19 @@ def _supervise(proc: subprocess.Popen, run_dir: Path | None, tail: EventTail | N
             printer.event(event)
         _record_end(run_dir, printer, proc.returncode)
     if interrupted:
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     cause = failed_first(log_path) if proc.returncode != 0 and printer.outcome != "finished" else None
     if cause is not None:
         # A process of this node failed and torchrun stopped the others, the PS too, which calls
         # that "stopped": a failure, whatever the PS wrote.
         printer.line(f"node 0 failed: torchrun exited with code {proc.returncode}: {cause}; "
                      f"see {log_path}")
-        return EXIT_FAILED
+        return ExitCode.FAILED
     if printer.outcome == "stopped":  # here, or from the monitor (`adt watch`): torchrun got SIGTERM
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     if run_dir is None:  # other nodes: torchrun's own report went to this terminal
-        return EXIT_OK if proc.returncode == 0 else EXIT_FAILED
-    return EXIT_OK if printer.outcome == "finished" else EXIT_FAILED
+        return ExitCode.OK if proc.returncode == 0 else ExitCode.FAILED
+    return ExitCode.OK if printer.outcome == "finished" else ExitCode.FAILED
 
 
 def failed_first(log_path: Path | None) -> str | None:

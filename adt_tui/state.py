@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.events import read_events  # plain JSON reading: no torch, no Textual
+from engine.events import (
+    AlertCode,
+    read_events,  # plain JSON reading: no torch, no Textual
+)
 
 from .series import Curves, num
 
@@ -211,7 +214,7 @@ class RunState:
         # A resume continues the same run: keep the curves, forget how the last attempt ended,
         # and the exits of its processes (the new ones are what the banner is about).
         self.outcome, self.end_t, self.end_message = None, None, ""
-        self.alerts = deque((a for a in self.alerts if a.code != "process_exit"), maxlen=MAX_ALERTS)
+        self.alerts = deque((a for a in self.alerts if a.code != AlertCode.PROCESS_EXIT), maxlen=MAX_ALERTS)
         self.server.role = "single" if self.mode == "single" else "ps"
         self.server.pid = e.get("pid", self.server.pid)
         self.server.exited, self.server.exit_code, self.server.exit_reason = False, None, ""
@@ -278,7 +281,7 @@ class RunState:
             if code is None or proc.exit_code is not None:
                 return  # the same exit, reported again (the monitor saw it, the supervisor wrote it)
             # The PS only knew "gone"; the supervisor knows the code: report that instead.
-            self.alerts = deque((a for a in self.alerts if not (a.code == "process_exit" and a.pid == pid)),
+            self.alerts = deque((a for a in self.alerts if not (a.code == AlertCode.PROCESS_EXIT and a.pid == pid)),
                                 maxlen=MAX_ALERTS)
         proc.pid = pid or proc.pid
         proc.exited, proc.exit_code, proc.exit_reason = True, code, e.get("reason", "")
@@ -286,7 +289,7 @@ class RunState:
         if code != 0:
             name = f"worker {e.get('worker')}" if role == "worker" else role
             level = "error" if code not in (0, None) else "warning"
-            self.alerts.append(Alert(t, level, "process_exit",
+            self.alerts.append(Alert(t, level, AlertCode.PROCESS_EXIT,
                                      f"{name} (pid {pid}) {describe_exit(code)}", e.get("worker"), pid))
 
     def _on_worker_restart(self, e: dict[str, Any], t: float) -> None:

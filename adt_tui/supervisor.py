@@ -26,6 +26,7 @@ from engine.config import RunConfig
 from engine.listen import is_loopback
 
 from .mps import Mps, start_mps
+from .processes import describe_exit, is_job_process, kill_all, signal_group  # noqa: F401 (re-exported)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -247,7 +248,7 @@ class Supervisor:
         tree = self._tree()
         for child in self.children:
             if child.running:
-                _signal_group(child.pid, signal.SIGTERM)
+                signal_group(child.pid, signal.SIGTERM)
         if not self.wait(grace):
             self.kill()
         kill_all(tree)
@@ -257,7 +258,7 @@ class Supervisor:
         tree = self._tree()
         for child in self.children:
             if child.running:
-                _signal_group(child.pid, signal.SIGKILL)
+                signal_group(child.pid, signal.SIGKILL)
         kill_all(tree)
         self.wait(5)
 
@@ -288,36 +289,3 @@ class Supervisor:
             except psutil.NoSuchProcess:
                 pass
         return procs
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)  # each child leads its own session, so its pgid is its pid
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def describe_exit(code: int | None) -> str:
-    return "was killed" if code is not None and code < 0 else f"exited with code {code}"
-
-
-def is_job_process(pid: int, run_dir: Path) -> bool:
-    """True if `pid` is alive and is an `engine.node` process of this run dir."""
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        cmdline = proc.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-    return "engine.node" in cmdline and str(run_dir) in cmdline
-
-
-def kill_all(procs: list[psutil.Process]) -> None:
-    """SIGKILL each process (gone ones are fine) and reap them."""
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=5)

@@ -7,11 +7,10 @@ no torch, so the CLI and the monitor can check a config in milliseconds.
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .errors import ConfigError
 from .rule_registry import RULE_NAMES, rule_for, rule_spec

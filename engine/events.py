@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,35 @@ KINDS = (
     "worker_restart",
     "run_end",
 )
+
+
+class AlertCode(StrEnum):
+    """Every `alert` event's code (docs/events.md). A StrEnum: it is written, and compares, as
+    its string."""
+
+    STALE_CODE = "stale_code"  # the code on disk changed under the running job
+    RULE_CHANGED = "rule_changed"  # resumed with another update rule
+    LOSS_NAN = "loss_nan"
+    VAL_LOSS_NAN = "val_loss_nan"
+    VAL_LOSS_HIGH = "val_loss_high"
+    CHANCE_ACCURACY = "chance_accuracy"
+    DATA_MISMATCH = "data_mismatch"  # a worker's copy of the data differs from the PS's
+    FINGERPRINT_MISMATCH = "fingerprint_mismatch"  # a worker runs other code than the run started with
+    WORKER_LOST = "worker_lost"
+    WORKER_SILENT = "worker_silent"
+    WORKER_FAILED = "worker_failed"
+    CHECKPOINT_FAILED = "checkpoint_failed"
+    STALENESS_HIGH = "staleness_high"
+    PROCESS_EXIT = "process_exit"  # the monitors' own, from process_exit events
+
+
+class ExitCode(IntEnum):
+    """How `adt`, its runners and every engine process end."""
+
+    OK = 0
+    FAILED = 1
+    BAD_INPUT = 2  # a config, data or checkpoint problem, said before training starts
+    INTERRUPTED = 130  # Ctrl+C (128 + SIGINT), as shells report it
 
 
 def _clean(value: Any) -> Any:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+from .events import AlertCode
+
 Alert = tuple[str, str, str]
 
 
@@ -53,11 +55,11 @@ class Health:
         alerts: list[Alert] = []
         bound = 3 * math.log(self.num_classes)
         if not math.isfinite(loss):
-            alerts += self._once("val_loss_nan", ("error", "val_loss_nan",
+            alerts += self._once("val_loss_nan", ("error", AlertCode.VAL_LOSS_NAN,
                                  f"validation loss is {loss}: the model has diverged"))
         self.loss_high = self.loss_high + 1 if math.isfinite(loss) and loss > bound else 0
         if self.loss_high >= 2 or (self.loss_high and loss > 10 * bound):
-            alerts += self._once("val_loss_high", ("error", "val_loss_high",
+            alerts += self._once("val_loss_high", ("error", AlertCode.VAL_LOSS_HIGH,
                                  f"validation loss {loss:.4g} is above 3 ln C = {bound:.2f}: training is "
                                  "diverging or the labels do not match the data"))
         if warming_up:
@@ -71,12 +73,12 @@ class Health:
             return alerts
         learns = self.training_learns()
         if learns and self.at_chance >= 2:
-            alerts += self._once("chance", ("error", "chance_accuracy",
+            alerts += self._once("chance", ("error", AlertCode.CHANCE_ACCURACY,
                                  f"validation accuracy {acc:.2%} is at chance ({chance:.2%}) for "
                                  f"{self.at_chance} evaluations while training learns: the validation "
                                  "data does not match the training data (labels, class map, URLs)"))
         elif not learns:
-            alerts += self._once("chance", ("error", "chance_accuracy",
+            alerts += self._once("chance", ("error", AlertCode.CHANCE_ACCURACY,
                                  f"validation accuracy {acc:.2%} is at chance ({chance:.2%}) after "
                                  f"{self.evals} evaluations and training does not learn either: check "
                                  "the data (labels, class map, URLs) and the learning rate"))
@@ -87,5 +89,5 @@ class Health:
         if math.isfinite(loss):
             self.train[worker] = (loss, acc)
             return []
-        return self._once(f"loss_nan{worker}", ("error", "loss_nan",
+        return self._once(f"loss_nan{worker}", ("error", AlertCode.LOSS_NAN,
                           f"worker {worker} training loss is {loss}: the run has diverged"))

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 # Nothing here loads torch: main() installs the stop handlers first (engine/stopping.py).
 from .config import ConfigError, RunConfig
 from .errors import CheckpointError, DataError, JoinTimeout
-from .events import EventWriter
+from .events import AlertCode, EventWriter, ExitCode
 from .fingerprint import cover, startup_fingerprint
 from .sources import job_sources
 from .stopping import StopRequested, StopSignals
@@ -34,7 +34,6 @@ from .stopping import StopRequested, StopSignals
 if TYPE_CHECKING:
     from .data import DataSpec
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _log(role: str, message: str) -> None:
@@ -80,7 +79,7 @@ def load_resume(config: RunConfig, meta: dict[str, Any], model_shapes: dict[str,
     payload = _compatible_checkpoint(config, meta["data_fingerprint"], model_shapes)
     old = payload.get("meta", {})
     if old.get("code", {}).get("fingerprint") != meta["code"]["fingerprint"]:
-        events.emit("alert", level="warning", code="stale_code",
+        events.emit("alert", level="warning", code=AlertCode.STALE_CODE,
                     message=f"resuming with changed code: checkpoint has code "
                             f"{old.get('code', {}).get('fingerprint')}, now {meta['code']['fingerprint']}")
     return payload
@@ -122,7 +121,7 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
                 update_rule=server.rule.name, schedule=server.schedule.describe(),
                 checkpoint_dir=str(checkpoint_dir), device=str(device))
     if server.resume_note:
-        events.emit("alert", level="warning", code="rule_changed", message=f"resumed with {server.resume_note}")
+        events.emit("alert", level="warning", code=AlertCode.RULE_CHANGED, message=f"resumed with {server.resume_note}")
     _log(role, f"run {config.run_id}: {config.model}, data {spec.train.urls[0]}..., "
                f"version {server.version}, epoch {server.epoch}")
     failure: list[BaseException] = []
@@ -182,9 +181,9 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
     server.close()
     if not single:
         if failure:  # workers may wait at an epoch's end the failure never closed: they see the PS go
-            _exit(EXIT_FAILED)
+            _exit(ExitCode.FAILED)
         transport.shutdown()
-    return EXIT_OK if outcome in ("finished", "stopped") else EXIT_FAILED
+    return ExitCode.OK if outcome in ("finished", "stopped") else ExitCode.FAILED
 
 
 def _end_before_training(role: str, events: EventWriter, server: Any, message: str) -> None:
@@ -194,7 +193,7 @@ def _end_before_training(role: str, events: EventWriter, server: Any, message: s
     events.emit("run_end", outcome="failed", version=server.version, epoch=server.epoch,
                 best_val_acc=server.best_val_acc, message=message)
     events.close()
-    _exit(EXIT_FAILED)
+    _exit(ExitCode.FAILED)
 
 
 def _exit(code: int) -> None:
@@ -247,7 +246,7 @@ def run_worker_process(rank: int, world_size: int, host: str, port: int, signals
         transport.init(rank, world_size, host, port, join_timeout, parent=parent)
     except RuntimeError as exc:  # JoinTimeout, or torch's own error; the join thread may be stuck
         _log(role, f"{exc if isinstance(exc, JoinTimeout) else _reason(exc)}. Exiting.")
-        _exit(EXIT_FAILED)
+        _exit(ExitCode.FAILED)
     client = transport.RpcClient(worker)
     try:
         job = client.job()
@@ -263,14 +262,14 @@ def run_worker_process(rank: int, world_size: int, host: str, port: int, signals
             client.register({"rank": rank, "pid": os.getpid(), "host": socket.gethostname(),
                              "data_problem": problem})
             transport.shutdown()
-            return EXIT_BAD_INPUT
+            return ExitCode.BAD_INPUT
         reason = run_worker(client, config, train, worker, job["num_workers"], rank, signals.stop)
-        code = EXIT_OK
+        code = ExitCode.OK
     except DataError as exc:  # a shard it cannot read (e.g. its server gone): leave, never hang in RPC
-        reason, code = f"failed: {_reason(exc)}", EXIT_FAILED
+        reason, code = f"failed: {_reason(exc)}", ExitCode.FAILED
     except RuntimeError as exc:
         _log(role, f"lost the parameter server at {host}:{port} ({exc}). Exiting.")
-        _exit(EXIT_FAILED)  # the RPC agent cannot shut down cleanly without its peer
+        _exit(ExitCode.FAILED)  # the RPC agent cannot shut down cleanly without its peer
     _log(role, f"leaving: {reason}")
     try:
         client.leave(reason)
@@ -297,7 +296,7 @@ def _stopped_while_starting(role: str, config: RunConfig | None, run_dir: str | 
         events.emit("run_end", outcome="stopped", version=None, epoch=None, best_val_acc=None,
                     message="stopped on request before training began")
         events.close()
-    _exit(EXIT_OK)  # a thread may be inside torch's rendezvous: leave without waiting for it
+    _exit(ExitCode.OK)  # a thread may be inside torch's rendezvous: leave without waiting for it
 
 
 def _role_from_env() -> str:
@@ -330,23 +329,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.role and args.role != role:
             print(f"adt node: --role {args.role} contradicts RANK={rank} WORLD_SIZE={world_size} "
                   f"(that is the {role}). Fix: rank 0 is the PS.", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return ExitCode.BAD_INPUT
         startup_fingerprint()  # before anything else runs: this is the code this process loaded
         if role == "worker":
             join_timeout = (config or RunConfig()).join_timeout
             return run_worker_process(rank, world_size, host, port, signals, join_timeout, parent)
         if config is None:
             print("adt node: the PS needs --run-dir DIR holding config.json.", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return ExitCode.BAD_INPUT
         return run_server(config.validate(), Path(args.run_dir), world_size, host, port, signals,
                           parent)
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"adt {role}: {exc}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
     except StopRequested:
         writer = os.environ.get("RANK") == "0"  # the PS or the single process writes the events
         _stopped_while_starting(signals.role, config if writer else None, args.run_dir)
-        return EXIT_OK
+        return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
 """The parameter server: holds the global model, routes each push to its update rule.
 
-Every state change runs on one *apply thread* fed by a queue, so RPC threads never block on the
-optimizer and the algorithm reads in one place (`_apply_push`). Callers get a torch Future that
-the apply thread completes; over RPC that Future is returned by `@async_execution` functions.
-How a push becomes an update is the rule's business (engine/rules.py); the LR comes from the
+Every state change runs on one apply thread (engine/apply_thread.py), so the algorithm reads in
+one place (`_apply_push`) and needs no locks. Who is in the job and alive is engine/membership.py's
+business; how a push becomes an update is the rule's business (engine/rules.py); the LR comes from the
 schedule (engine/schedule.py), a function of the samples applied so far.
 
 BatchNorm: workers train in train mode (batch statistics). Before validation and checkpoints the
@@ -14,102 +13,29 @@ PS recomputes the running statistics at the current weights on `bn_recompute` tr
 from __future__ import annotations
 
 import math
-import queue
-import socket
 import statistics
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
-from torch import nn
 
+from .apply_thread import ApplyThread
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import RunConfig
 from .data import DataSpec, Head, ShardStream, make_loader
 from .evaluate import evaluate, recompute_batchnorm
-from .events import EventWriter
+from .events import AlertCode, EventWriter
+from .flat import FlatModel
 from .health import Health
+from .membership import Membership, WorkerState
 from .models import build_for
+from .protocol import Reply
 from .rules import make_rule
 from .schedule import LRSchedule
-
-
-class FlatModel:
-    """A model whose parameters, gradients and float buffers are views into one flat tensor each.
-
-    One flat tensor moves over RPC as one message instead of one per layer. 4-D weights are laid
-    out channels_last inside the buffer (on every device), so GPU convolutions need no copies.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        params = list(model.parameters())
-        device = params[0].device
-        self.params = torch.zeros(sum(p.numel() for p in params), device=device)
-        self.grads = torch.zeros_like(self.params)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.data = _view(self.params[offset:offset + n], p.shape).copy_(p.detach())
-            p.grad = _view(self.grads[offset:offset + n], p.shape)
-            offset += n
-        buffers = [b for b in model.buffers() if b.is_floating_point()]
-        self.buffers = (torch.cat([b.reshape(-1) for b in buffers]) if buffers
-                        else torch.zeros(0, device=device))
-        offset = 0
-        for module in model.modules():
-            for name, b in list(module.named_buffers(recurse=False)):
-                if b is not None and b.is_floating_point():
-                    n = b.numel()
-                    setattr(module, name, self.buffers[offset:offset + n].view_as(b))
-                    offset += n
-        self.named_params = dict(model.named_parameters())
-
-    def zero_grad(self) -> None:
-        self.grads.zero_()
-
-
-def _view(flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    # The layout inside the buffer must not depend on the device: a CPU PS and GPU workers
-    # exchange raw buffers.
-    if len(shape) == 4:
-        o, i, h, w = shape
-        return flat.view(o, h, w, i).permute(0, 3, 1, 2)
-    return flat.view(shape)
-
-
-@dataclass
-class WorkerState:
-    pid: int
-    host: str
-    last_seen: float = field(default_factory=time.monotonic)  # its last request the PS handled
-    pending: int = 0  # its requests that arrived and wait for the apply thread
-    epoch_done: int = -1
-    left: bool = False
-    lost: bool = False
-    on_gpu: bool = False  # it trains on a GPU and TensorPipe maps it to the PS's GPU
-    pushed: bool = False  # at least one push arrived (the silence bound is shorter from then on)
-    buffers: torch.Tensor | None = None
-
-    @property
-    def active(self) -> bool:
-        return not (self.left or self.lost)
-
-
-@dataclass
-class Reply:
-    """What a worker gets back for a push."""
-
-    version: int
-    params: torch.Tensor | None
-    stop: bool
-    lr: float  # the scheduled LR now (workers with their own optimizer use it)
 
 
 class ParameterServer:
@@ -138,22 +64,18 @@ class ParameterServer:
         if resume:
             self._load_state(resume)
         self.health = Health(self.num_classes, config.chance_warmup_evals)
-        self.workers: dict[int, WorkerState] = {}
-        self.never_registered = ""  # "worker1 and worker2", once --join-timeout counted them out
+        self.members = Membership(config, num_workers)
+        self.workers = self.members.workers
+        self.all_left = self.members.all_left
         self.dropped = 0
         self.failures: list[str] = []  # why workers that failed left (their own words)
         self.outcome: str | None = None  # set when the run should end: finished/stopped/diverged
         self.stop_requested = threading.Event()
-        self.all_left = threading.Event()
         self._barrier: list[tuple[int, torch.futures.Future]] = []
         self._barrier_params = not single  # the single process trains the PS's own model
         self._interval: dict[str, list[float]] = {"staleness": [], "apply_ms": []}
         self._interval_updates = 0
-        self._host = socket.gethostname()
-        self._pending_lock = threading.Lock()
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self._apply_thread = threading.Thread(target=self._apply_loop, name="ps-apply", daemon=True)
-        self._apply_thread.start()
+        self._thread = ApplyThread()
 
     def job(self) -> dict[str, Any]:
         """What a joining worker needs to build its model and read its shards (immutable)."""
@@ -167,7 +89,7 @@ class ParameterServer:
 
     def push(self, worker: int, base_version: int, grads: torch.Tensor, buffers: torch.Tensor | None,
              samples: int, metrics: dict[str, Any] | None, reply_params: bool = True) -> torch.futures.Future:
-        self._heard(worker)
+        self.members.heard(worker)
         if isinstance(grads, torch.Tensor) and grads.is_cuda and grads is not self.flat.grads:
             # RPC delivered the tensor on this thread's current stream; the apply thread uses
             # another, so wait here (on an RPC thread) until it has fully arrived.
@@ -177,10 +99,10 @@ class ParameterServer:
 
     def refresh(self, worker: int) -> torch.futures.Future:
         """The current parameters for a worker about to take its first step."""
-        self._heard(worker)
+        self.members.heard(worker)
 
         def reply() -> Reply:
-            self._answered(self.workers[worker])
+            self.members.answered(self.workers[worker])
             return self._reply(worker, True)
 
         return self._submit(reply)
@@ -192,64 +114,27 @@ class ParameterServer:
                                           self._stopping(), self.lr))
 
     def epoch_done(self, worker: int, epoch: int) -> torch.futures.Future:
-        self._heard(worker)
-        future: torch.futures.Future = torch.futures.Future()
-
-        def run() -> None:
-            try:
-                self._epoch_done(worker, epoch, future)
-            except Exception as exc:  # the caller gets the error; the apply thread lives on
-                if not future.done():
-                    future.set_exception(exc)
-
-        self._queue.put(run)
-        return future
-
-    def _heard(self, worker: int) -> None:
-        """A request arrived (RPC thread). While the PS owes a worker a reply, the worker is not
-        silent, however long validation or a checkpoint keeps the apply thread busy."""
-        with self._pending_lock:
-            state = self.workers.get(worker)
-            if state is not None:
-                state.pending += 1
-
-    def _answered(self, state: WorkerState) -> None:
-        """The apply thread handles a request of this worker: it was heard from now."""
-        with self._pending_lock:
-            state.pending = max(0, state.pending - 1)
-        state.last_seen = time.monotonic()
+        """Completed when every active worker finished the epoch (the barrier)."""
+        self.members.heard(worker)
+        return self._thread.later(lambda future: self._epoch_done(worker, epoch, future))
 
     def leave(self, worker: int, reason: str) -> torch.futures.Future:
         return self._submit(lambda: self._leave(worker, reason))
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run fn on the apply thread and wait for its result (for the main thread's last steps)."""
-        return self._submit(fn).wait()
+        return self._thread.call(fn)
 
     def _submit(self, fn: Callable[[], Any]) -> torch.futures.Future:
-        future: torch.futures.Future = torch.futures.Future()
-
-        def run() -> None:
-            try:
-                future.set_result(fn())
-            except Exception as exc:  # hand the error to the caller instead of killing the thread
-                future.set_exception(exc)
-
-        self._queue.put(run)
-        return future
-
-    def _apply_loop(self) -> None:
-        while (task := self._queue.get()) is not None:
-            task()
+        return self._thread.submit(fn)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._apply_thread.join(timeout=30)
+        self._thread.close()
 
     # --- the algorithm (apply thread only) ----------------------------------------------------
     def _register(self, worker: int, info: dict[str, Any]) -> dict[str, Any]:
         if info.get("data_problem"):  # its node's copy of the data differs: keep it out of the job
-            self._alert("error", "data_mismatch", f"worker {worker} (host {info.get('host')}) "
+            self._alert("error", AlertCode.DATA_MISMATCH, f"worker {worker} (host {info.get('host')}) "
                         f"refused to train: {info['data_problem']}", worker=worker)
             self.workers[worker] = WorkerState(pid=info["pid"], host=info["host"], left=True)
             self._after_worker_gone()
@@ -259,7 +144,7 @@ class ParameterServer:
                                            str(info.get("device", "")).startswith("cuda"))
         self.events.emit("worker_join", worker=worker, **info)
         if info.get("code_fingerprint") != self.meta["code"]["fingerprint"]:
-            self._alert("error", "fingerprint_mismatch",
+            self._alert("error", AlertCode.FINGERPRINT_MISMATCH,
                         f"worker {worker} runs code {info.get('code_fingerprint')} but the run started "
                         f"with {self.meta['code']['fingerprint']}: restart the job", worker=worker)
         params = self.rule.outgoing()
@@ -271,11 +156,11 @@ class ParameterServer:
                     samples: int, metrics: dict[str, Any] | None, reply_params: bool) -> Reply:
         start = time.perf_counter()
         state = self.workers[worker]
-        self._answered(state)
+        self.members.answered(state)
         state.pushed = True
         if state.lost:
             state.lost = False
-            self._alert("warning", "worker_lost", f"worker {worker} is back after being silent", worker)
+            self._alert("warning", AlertCode.WORKER_LOST, f"worker {worker} is back after being silent", worker)
         staleness = self.version - base_version
         applied = not (self.config.max_staleness and staleness > self.config.max_staleness)
         if not applied:
@@ -330,7 +215,7 @@ class ParameterServer:
 
     def _epoch_done(self, worker: int, epoch: int, future: torch.futures.Future) -> None:
         self.workers[worker].epoch_done = epoch
-        self._answered(self.workers[worker])  # it now waits at the barrier: never silent there
+        self.members.answered(self.workers[worker])  # it now waits at the barrier: never silent there
         self._barrier.append((worker, future))
         self._check_barrier()
 
@@ -338,8 +223,7 @@ class ParameterServer:
         """When every active worker finished the epoch: validate, checkpoint, release them."""
         if not self._barrier:
             return
-        active = [w for w in self.workers.values() if w.active]
-        if any(w.epoch_done < self.epoch for w in active):
+        if any(w.epoch_done < self.epoch for w in self.members.active()):
             return
         self._end_epoch()
         now = time.monotonic()
@@ -370,25 +254,21 @@ class ParameterServer:
             state.left = True
         if reason.startswith("failed"):  # e.g. a shard it could not read: say so in the run, not only its log
             self.failures.append(f"worker {worker} {reason}")
-            self._alert("error", "worker_failed", f"worker {worker} {reason}", worker=worker)
+            self._alert("error", AlertCode.WORKER_FAILED, f"worker {worker} {reason}", worker=worker)
         self._after_worker_gone()
 
     def _after_worker_gone(self) -> None:
         self._check_barrier()
-        # Only once every worker has registered: an early leaver must not end the run for the rest.
-        if len(self.workers) >= self.num_workers and not any(w.active for w in self.workers.values()):
-            self.all_left.set()
+        self.members.note_gone()
 
     def count_out_unregistered(self, join_timeout: float) -> None:
         """After --join-timeout: workers that never registered (their process died, or hangs, after
         RPC formed) are counted as lost, so that the run can end without them."""
-        missing = [w for w in range(self.num_workers) if w not in self.workers]
+        missing = self.members.count_out_unregistered()
         if not missing:
             return
-        self.never_registered = worker_names(missing)
         for worker in missing:
-            self.workers[worker] = WorkerState(pid=0, host="", lost=True)
-            self._alert("error", "worker_lost", f"worker {worker} never registered within "
+            self._alert("error", AlertCode.WORKER_LOST, f"worker {worker} never registered within "
                         f"{join_timeout:g}s (--join-timeout); the run goes on without it", worker)
         self._after_worker_gone()
 
@@ -450,7 +330,7 @@ class ParameterServer:
         try:
             save_checkpoint(path, payload)
         except CheckpointError as exc:
-            self._alert("error", "checkpoint_failed", str(exc))
+            self._alert("error", AlertCode.CHECKPOINT_FAILED, str(exc))
             return
         acc = self.last_val["acc"] if self.last_val else None
         if tag == "last":
@@ -489,42 +369,21 @@ class ParameterServer:
         )
         if self.config.max_staleness and stale and sum(
                 s > self.config.max_staleness for s in stale) > len(stale) / 2:
-            self._alert("warning", "staleness_high",
+            self._alert("warning", AlertCode.STALENESS_HIGH,
                         f"most pushes in the last {interval:.0f}s were staler than "
                         f"{self.config.max_staleness} and were dropped: use fewer workers or raise the bound")
         self._interval = {"staleness": [], "apply_ms": []}
         self._interval_updates = 0
-        now = time.monotonic()
-        waiting = {w for w, s in self.workers.items() if s.epoch_done >= self.epoch}
-        for index, state in self.workers.items():
-            if not state.active:
-                continue
-            owed = state.pending > 0  # a request of its waits behind the apply thread
-            if state.host == self._host and not _alive(state.pid):
-                state.lost = True
-                self._alert("error", "worker_lost", f"worker {index} (pid {state.pid}) died; the run "
-                            "goes on with the other workers", worker=index)
-                self.events.emit("process_exit", role="worker", worker=index, pid=state.pid,
-                                 code=None, reason="lost")
-            elif index not in waiting and not owed and now - state.last_seen > self._silence_limit(state):
-                state.lost = True
-                self._alert("error", "worker_silent", f"worker {index} sent nothing for "
-                            f"{self._silence_limit(state):.0f}s; counted as lost", worker=index)
+        for lost in self.members.find_lost(self.epoch):
+            self._alert("error", lost.code, lost.message, worker=lost.worker)
+            if lost.died:
+                self.events.emit("process_exit", role="worker", worker=lost.worker,
+                                 pid=self.workers[lost.worker].pid, code=None, reason="lost")
         self._after_worker_gone()
 
-
-    def _silence_limit(self, state: WorkerState) -> float:
-        """How long a worker may send nothing. Its first step may take minutes (torch.compile,
-        cudnn autotuning, a slow first shard): until its first push, the start-up bound holds."""
-        if state.pushed:
-            return self.config.worker_timeout
-        return max(self.config.worker_timeout, self.config.join_timeout)
-
-
-def worker_names(workers: list[int]) -> str:
-    """[0, 1, 2] -> "worker0, worker1 and worker2"."""
-    names = [f"worker{w}" for w in workers]
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    @property
+    def never_registered(self) -> str:
+        return self.members.never_registered
 
 
 def _pct(values: list[int], q: int) -> float | None:
@@ -532,11 +391,4 @@ def _pct(values: list[int], q: int) -> float | None:
         return None
     ordered = sorted(values)
     return float(ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 

@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Any
 
-EXIT_FAILED = 1
+from .events import ExitCode
 
 
 class StopRequested(BaseException):
@@ -57,4 +57,4 @@ class StopSignals:
         print(f"[adt {self.role} pid {os.getpid()}] still running {self._grace:g}s after the stop "
               "request (--grace-period); exiting now", flush=True)
         sys.stderr.flush()
-        os._exit(EXIT_FAILED)
+        os._exit(ExitCode.FAILED)

@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.distributed import rpc
@@ -22,7 +22,10 @@ from . import listen
 from .config import RunConfig
 from .errors import JoinTimeout, SupervisorGone
 from .placement import device_for, local_slot
-from .server import ParameterServer, Reply, worker_names
+from .protocol import Reply, worker_names
+
+if TYPE_CHECKING:  # the PS process hands its server in; the workers never import it
+    from .server import ParameterServer
 
 PS_NAME = "ps"
 PING_EVERY = 5.0  # seconds at the epoch barrier between pings of the PS

@@ -21,12 +21,12 @@ from torch import nn
 from .config import RunConfig, update_rule_of
 from .data import ShardStream, Split, make_loader, worker_shards
 from .fingerprint import startup_fingerprint
+from .flat import FlatModel
 from .models import build_for, normalize
 from .placement import device_for, local_slot
 from .profile import StepProfiler
 from .rule_registry import rule_spec
 from .rules import make_optimizer
-from .server import FlatModel
 
 
 class Meter:
