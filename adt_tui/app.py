@@ -12,7 +12,7 @@ it) and `-short` (under SHORT rows: no small charts, no detail pane, logs hidden
 
 from __future__ import annotations
 
-import json
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -27,9 +27,11 @@ from textual.widgets import DataTable, Footer
 from engine.config import ConfigError, RunConfig
 from engine.events import EventTail
 from engine.fingerprint import PROJECT_ROOT, SOURCE_DIRS, source_hash
+from engine.rundir import RunDir
 from engine.sources import job_sources
 
 from .charts import AXES, CHARTS, Chart, chart_spec
+from .controller import BringBack, JobController, Quit, Restart, Then
 from .gpustats import GpuStats, GpuUsage
 from .logview import LogView
 from .messages import JobStopped, SourceChanged
@@ -47,7 +49,7 @@ from .procstats import ProcStats, Usage
 from .screens import Choice, ChoiceScreen, DetailScreen, HelpScreen, confirm
 from .stale import StartedSources
 from .state import RunState
-from .supervisor import Child, Supervisor, describe_exit
+from .supervisor import Child, Supervisor
 from .watcher import SourceWatcher
 
 TICK = 0.25  # seconds between redraws: fast enough to feel live, slow enough to stay cheap
@@ -130,7 +132,7 @@ class AdtApp(App[int]):
         self.restart_on_change = restart_on_change
         self.clock = clock
         self.python = python
-        self.supervisor: Supervisor | None = Supervisor.attach(run_dir) if run_dir else None
+        self.job = JobController.attach(run_dir) if run_dir else JobController(python=python or sys.executable)
         self.state = RunState()
         self.tail: EventTail | None = None
         self.stats = ProcStats()
@@ -151,7 +153,6 @@ class AdtApp(App[int]):
         self._stop_dialog: ChoiceScreen | None = None  # the open "Stop the job?" question
         self._lost_shown: Child | None = None  # the lost worker the footer's b was shown for
         self.detached = False  # quit while leaving the job running
-        self.finalized = False
         self._reported_exits: set[int] = set()
         self._alerts_seen = 0
         self._last_stats = 0.0
@@ -193,13 +194,18 @@ class AdtApp(App[int]):
             chart.set_class(i == self.chart_index, "current")
 
     @property
+    def supervisor(self) -> Supervisor | None:
+        """The current start's processes (the controller's)."""
+        return self.job.supervisor
+
+    @property
     def owned(self) -> bool:
         """True when this monitor started the job (and so may restart it)."""
-        return self.supervisor is not None and not self.supervisor.attached
+        return self.job.owned
 
     @property
     def run_dir(self) -> Path | None:
-        return self.supervisor.run_dir if self.supervisor else None
+        return self.job.run_dir if self.job.supervisor else None
 
     def on_mount(self) -> None:
         self.alert_bar.display = False
@@ -221,19 +227,21 @@ class AdtApp(App[int]):
 
     # --- the job ------------------------------------------------------------------------------
     def start_job(self, config: RunConfig) -> None:
-        """Start a job with the current code (a fresh run, or a resume into the same run dir)."""
+        """Start a job with the current code."""
+        self._starting(config)
+        self._started(self.job.start(config))
+
+    def _starting(self, config: RunConfig) -> None:
+        """Take the code's fingerprint as the job starts: what stale means from now on."""
         self.sources = self._job_sources(config)
         self.started_fingerprint = self.sources.fingerprint
         self.now_fingerprint, self.stale_paths, self.stale_seen_at = None, [], None
-        kwargs = {"python": self.python} if self.python else {}
-        if self.supervisor is not None:
-            self.supervisor.release()  # the job before (stopped for this restart) is over
-        self.supervisor = Supervisor(config, **kwargs)
         self.config = config
-        run_dir = self.supervisor.start()
-        self.stopping = self.finalized = False
+
+    def _started(self, run_dir: Path) -> None:
+        self.stopping = False
         self._reported_exits = set()
-        if self.tail is None or self.tail.path != run_dir / "events.jsonl":
+        if self.tail is None or self.tail.path != RunDir(run_dir).events:
             self._open_run(run_dir)
         self._start_watcher()
 
@@ -247,7 +255,7 @@ class AdtApp(App[int]):
 
     def _open_run(self, run_dir: Path) -> None:
         """Read a run from the start of its events (a new run, or one we attach to)."""
-        self.tail = EventTail(run_dir / "events.jsonl")
+        self.tail = EventTail(RunDir(run_dir).events)
         self.state = RunState()
         self._alerts_seen, self._drawn = 0, -1
         self._catching_up = True  # the tick reads the past in slices; its alerts go to the bar only
@@ -258,7 +266,7 @@ class AdtApp(App[int]):
         return self.started_fingerprint or self.state.code.get("fingerprint", "")
 
     def job_running(self) -> bool:
-        return self.supervisor is not None and any(c.running for c in self.supervisor.children)
+        return self.job.running()
 
     def job_state(self) -> str:
         if self.stopping:
@@ -278,8 +286,7 @@ class AdtApp(App[int]):
         """Poll processes, read new events, redraw what changed."""
         if not (self.is_running and self.header.is_attached):  # a late timer while closing
             return
-        if self.supervisor is not None:
-            self.supervisor.poll()
+        self.job.poll()
         # Events after exits: a process writes its last events before it exits, so reading them
         # second means a clean end (run_end) is known before its process exits are judged.
         self._backlog = self._ingest(budget=INGEST_BUDGET)
@@ -289,9 +296,9 @@ class AdtApp(App[int]):
             dialog, self._stop_dialog = self._stop_dialog, None
             dialog.dismiss(None)
             self.notify("The job ended by itself; nothing to stop.", severity="information")
-        lost = self._lost_worker()
-        if lost is not None and self.supervisor.may_restart(lost.worker):  # type: ignore[union-attr]
-            self._bring_back(lost, automatic=True)
+        due = self.job.restart_due() if not self.busy else None
+        if due is not None:
+            self._bring_back(due, automatic=True)
         now = time.monotonic()
         if now - self._last_stats >= STATS_EVERY:
             self._last_stats = now
@@ -321,28 +328,23 @@ class AdtApp(App[int]):
 
     def _note_exits(self) -> None:
         """Show process exits the instant we see them, before anyone writes them down."""
-        sup = self.supervisor
-        if sup is None:
-            return
-        for child in sup.children:
+        for child in self.job.children:
             if not child.running and child.pid not in self._reported_exits:
                 self._reported_exits.add(child.pid)
                 self.state.apply({"v": 1, "t": self.clock(), "kind": "process_exit", "role": child.role,
                                   "worker": child.worker, "pid": child.pid, "code": child.exit_code,
                                   "reason": "seen by the monitor"})
-        if self.owned and sup.children and not self.job_running() and not self.finalized:
-            self.finalized = True
+        if self.owned and self.job.children and not self.job_running() and not self.job.finished:
             self._ingest(budget=None)
-            sup.record_exits(run_ended=self.state.ended)
-            sup.release()
+            self.job.finish(run_ended=self.state.ended)
+            if not self.busy:  # no restart follows: the job is over
+                self.job.release()
             self._ingest(budget=None)
             if self.watcher:
                 self.watcher.stop()
 
     def _live_pids(self) -> list[int]:
-        if self.supervisor is None:
-            return []
-        return [c.pid for c in self.supervisor.children if c.running]
+        return [c.pid for c in self.job.children if c.running]
 
     def _gpu_devices(self) -> dict[int, int]:
         """pid -> the CUDA device index each process was given, from its events and the config."""
@@ -380,8 +382,8 @@ class AdtApp(App[int]):
         self.table.show(process_rows(self.state, self.usage, self.gpus), self.narrow, bool(self.gpus))
         self._draw_detail()
         if self.run_dir is not None:  # every process that ever wrote a log, this run or an earlier start
-            logs = {p.stem: p for p in sorted(self.run_dir.glob("logs/*.log"))}
-            logs.update({c.name: c.log_path for c in self.supervisor.children})  # type: ignore[union-attr]
+            logs = {p.stem: p for p in sorted(RunDir(self.run_dir).logs.glob("*.log"))}
+            logs.update({c.name: c.log_path for c in self.job.children})
             self.log_view.set_sources(logs)
         self.log_view.refresh_tail()
         if self._catching_up:
@@ -452,7 +454,7 @@ class AdtApp(App[int]):
         self._drawn = -1
         self.draw()
         if self.stale_paths and self.restart_on_change and self.owned and not self.busy:
-            self._stop_then("resume" if self.state.starts else "fresh")
+            self._stop_then(Restart(resume=bool(self.state.starts)))
 
     # --- keys ---------------------------------------------------------------------------------
     def action_help(self) -> None:
@@ -466,9 +468,9 @@ class AdtApp(App[int]):
         directory's config.json, else the config this monitor was given."""
         if self.state.config:
             return dict(self.state.config), f" (as run {self.state.run_id} started)"
-        if self.run_dir is not None and (self.run_dir / "config.json").is_file():
+        if self.run_dir is not None and RunDir(self.run_dir).is_run():
             try:
-                return json.loads((self.run_dir / "config.json").read_text()), " (config.json)"
+                return RunDir(self.run_dir).read_config(), " (config.json)"
             except (OSError, ValueError):
                 pass
         return (self.config.to_dict(), "") if self.config is not None else ({}, "")
@@ -487,7 +489,7 @@ class AdtApp(App[int]):
         return True
 
     def _lost_worker(self) -> Child | None:
-        return self.supervisor.lost_worker() if self.owned and not self.busy else None  # type: ignore[union-attr]
+        return self.job.lost_worker() if not self.busy else None
 
     def action_next_chart(self) -> None:
         self.chart_index = (self.chart_index + 1) % len(CHARTS)
@@ -562,27 +564,25 @@ class AdtApp(App[int]):
 
         def answered(choice: str | None) -> None:
             if choice in ("resume", "fresh"):
-                self._stop_then(choice)
+                self._stop_then(Restart(resume=choice == "resume"))
 
         self.push_screen(ChoiceScreen("Restart the job?", message, choices), answered)
 
     def action_bring_back(self) -> None:
-        lost = self.supervisor.lost_worker() if self.owned and not self.busy else None
+        lost = self._lost_worker()
         if lost is None:
             self.notify("No worker to bring back: b restarts a job whose worker died while the PS runs.",
                         severity="warning")
             return
-        self._bring_back(lost, automatic=False)
+        self._bring_back(self.job.bring_back(lost), automatic=False)
 
-    def _bring_back(self, lost: Child, automatic: bool) -> None:
+    def _bring_back(self, command: BringBack, automatic: bool) -> None:
         """Checkpoint now and restart the job from there (torch RPC cannot re-admit one worker)."""
-        sup = self.supervisor
-        assert sup is not None
-        count = (f" (restart {sup.restarts.get(lost.worker, 0) + 1} of {sup.config.max_restarts})"
+        count = (f" (restart {self.job.restarts.get(command.worker, 0) + 1} of {self.job.config.max_restarts})"
                  if automatic else "")
-        self.notify(f"{lost.label} {describe_exit(lost.exit_code)}: restarting the job from a checkpoint "
-                    f"taken now{count}.", title="bringing a worker back", severity="warning")
-        self._stop_then(f"bring-back:{lost.worker}:{lost.label} {describe_exit(lost.exit_code)}")
+        self.notify(f"{command.why}: restarting the job from a checkpoint taken now{count}.",
+                    title="bringing a worker back", severity="warning")
+        self._stop_then(command)
 
     def action_quit_monitor(self) -> None:
         if self.busy:
@@ -599,7 +599,7 @@ class AdtApp(App[int]):
 
         def answered(choice: str | None) -> None:
             if choice == "stop":
-                self._stop_then("quit")
+                self._stop_then(Quit())
             elif choice == "leave":
                 self.detached = True
                 self.exit(0)
@@ -612,7 +612,7 @@ class AdtApp(App[int]):
         return 0 if outcome in ("finished", "stopped") or outcome is None and self.job_running() else 1
 
     # --- stopping and restarting --------------------------------------------------------------
-    def _stop_then(self, then: str | None) -> None:
+    def _stop_then(self, then: Then) -> None:
         """Stop the job in a thread, then (JobStopped) start again, quit, or just stay."""
         self.busy = True
         self.stopping = self.job_running()
@@ -620,46 +620,33 @@ class AdtApp(App[int]):
         self._stop_worker(then)
 
     @work(thread=True, exclusive=True, group="stop")
-    def _stop_worker(self, then: str | None) -> None:
-        if self.supervisor is not None and any(c.running for c in self.supervisor.children):
-            self.supervisor.stop()
+    def _stop_worker(self, then: Then) -> None:
+        self.job.stop()
         self.post_message(JobStopped(then))
 
     def on_job_stopped(self, message: JobStopped) -> None:
         self.stopping = False
         self.tick()  # note the exits and write them down while we still hold this run
         self.busy = False
-        if message.then == "quit":
+        then = message.then
+        if isinstance(then, Quit):
             self.exit(self.exit_code())
-        elif message.then and message.then.split(":")[0] in ("resume", "fresh", "bring-back"):
-            how, restarts = message.then, self.supervisor.restarts  # type: ignore[union-attr]
-            if how.startswith("bring-back:"):
-                _, worker, why = how.split(":", 2)
-                self.supervisor.note_restart(int(worker), why)  # type: ignore[union-attr]
-                how = "resume"
+        elif isinstance(then, (Restart, BringBack)):
+            if isinstance(then, Restart) and then.resume and not self.state.checkpoints:
+                self.notify("No checkpoint was written, so the job starts fresh.", severity="warning")
             try:
-                config = self._next_config(how)
-                self.start_job(config)
+                config = (self.sources.updated(self.config) if self.sources
+                          else RunConfig.from_dict(self.config.to_dict()))  # type: ignore[union-attr]
+                self._starting(config)
+                run_dir = self.job.restart(then, config)
             except ConfigError as exc:  # the config file was changed into something invalid, or --mps failed
                 self.notify(str(exc), title="not restarted", severity="error", timeout=15, markup=False)
                 return
-            self.supervisor.restarts = restarts  # type: ignore[union-attr]
+            if run_dir is None:
+                self.notify("Not restarted: the PS wrote no checkpoint to resume from.", severity="error")
+                return
+            self._started(run_dir)
             self.tick()
-
-    def _next_config(self, how: str) -> RunConfig:
-        """A copy of the config for the next start, with what its TOML file changed: resume =
-        same run id, fresh = a new one."""
-        assert self.config is not None and self.supervisor is not None
-        config = (self.sources.updated(self.config) if self.sources
-                  else RunConfig.from_dict(self.config.to_dict()))
-        old = self.supervisor.run_id
-        if how == "resume" and self.state.checkpoints:
-            config.resume, config.run_id = old, old
-        else:
-            if how == "resume":
-                self.notify("No checkpoint was written, so the job starts fresh.", severity="warning")
-            config.resume, config.run_id = "", ""
-        return config
 
     def on_unmount(self) -> None:
         if self.watcher is not None:
@@ -679,7 +666,7 @@ def run_monitor(config: RunConfig, restart_on_change: bool = False) -> int:
 def watch_run(run_dir: str | Path) -> int:
     """`adt watch RUN_DIR`: open the monitor on an existing run (running or finished)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not RunDir(run_dir).is_run():
         print(f"adt watch: {run_dir} is not a run directory (no config.json). "
               "Fix: pass runs/<run-id>, e.g. the last one in `ls runs/`.")
         return 2

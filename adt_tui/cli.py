@@ -13,6 +13,7 @@ from typing import Any
 from engine.config import AUTO, DEFAULT_DATA, SECTIONS, ConfigError, RunConfig, build_config
 from engine.errors import CheckpointError, DataError
 from engine.events import ExitCode
+from engine.rundir import RunDir
 
 
 class _ShowDefaults(argparse.HelpFormatter):
@@ -85,7 +86,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     base: dict[str, Any] = {}
     if args.resume:  # a resumed run keeps its settings; flags (e.g. more --epochs) still win
-        saved = Path(args.runs_dir or "runs") / args.resume / "config.json"
+        saved = RunDir(Path(args.runs_dir or "runs") / args.resume).config
         if not saved.is_file():
             raise ConfigError("resume", f"names run {args.resume!r}, but {saved} does not exist",
                               "pick a run id from `ls runs/`")

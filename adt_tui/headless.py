@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.config import RunConfig
-from engine.events import EventTail, ExitCode
+from engine.events import EventTail
+from engine.rundir import RunDir
 from engine.sources import job_sources
 
+from .controller import BringBack, JobController
 from .launch import prepare_job
 from .series import Curves
 from .stale import StartedSources
-from .supervisor import Child, Supervisor, describe_exit
 from .watcher import SourceWatcher
 
 
@@ -188,8 +189,8 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
     A change to the job's files (engine.sources.job_sources) prints a warning naming them.
     """
     prepare_job(config, out)  # raises ConfigError/DataError/CheckpointError before any process starts
-    supervisor = Supervisor(config)
-    events_path = supervisor.run_dir / "events.jsonl"
+    job = JobController(config)
+    events_path = RunDir(job.run_dir).events
     # A resumed run appends to its old events: print (and judge the outcome by) this start's only.
     offset = events_path.stat().st_size if events_path.exists() else 0
     stale = StaleCodeWarner(job_sources(config), config.config_file)
@@ -202,52 +203,52 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        run_dir = start_holding_signals(supervisor)
+        run_dir = job.start()
         stale.start()
         printer.line(f"run dir: {run_dir}   (logs in {run_dir / 'logs'})")
-        main = supervisor.main_child()
         while True:
             for e in tail.poll():
                 printer.event(e)
             for line in stale.warnings():
                 printer.line(line)
-            for child in supervisor.poll():
+            main = job.main_child()
+            for child in job.poll():
                 if child is not main and child.exit_code != 0:
                     printer.line(f"ERROR: {child.label} (pid {child.pid}) exited with code "
                                  f"{child.exit_code}; see {child.log_path}")
-            lost = supervisor.lost_worker()
-            if lost is not None and supervisor.may_restart(lost.worker):
-                bring_back(supervisor, lost, printer, tail)
-                main = supervisor.main_child()
+            command = job.restart_due()
+            if command is not None:
+                bring_back(job, command, printer, tail)
                 continue
             if not main.running:
                 # The PS is gone: give workers a moment to see it, then stop what is left.
-                if not supervisor.wait(5):
-                    supervisor.stop(grace=5)
+                if not job.supervisor.wait(5):
+                    job.stop(grace=5)
                 break
             time.sleep(0.2)
     except KeyboardInterrupt:
         interrupted = True
         printer.line(f"stopping (grace period {config.grace_period:.0f}s; the PS writes a final checkpoint)...")
         try:
-            supervisor.stop()
+            job.stop()
         except KeyboardInterrupt:
-            supervisor.kill()
+            job.kill()
     finally:
         signal.signal(signal.SIGTERM, previous)
         stale.stop()
     for e in tail.poll():
         printer.event(e)
-    return finish(supervisor, printer, interrupted)
+    return finish(job, printer, interrupted)
 
 
-def bring_back(supervisor: Supervisor, lost: Child, printer: Printer, tail: EventTail) -> None:
+def bring_back(job: JobController, command: BringBack, printer: Printer, tail: EventTail) -> None:
     """Restart the job from a checkpoint taken now, so the lost worker trains again."""
-    used = supervisor.restarts.get(lost.worker, 0) + 1
-    printer.line(f"{lost.label} {describe_exit(lost.exit_code)}: restarting the job from a checkpoint taken "
-                 f"now to bring it back (restart {used} of {supervisor.config.max_restarts})")
-    why = f"{lost.label} {describe_exit(lost.exit_code)}"
-    restarted = supervisor.restart(lost.worker, why)
+    used = job.restarts.get(command.worker, 0) + 1
+    printer.line(f"{command.why}: restarting the job from a checkpoint taken now to bring it back "
+                 f"(restart {used} of {job.config.max_restarts})")
+    job.stop()
+    job.finish(run_ended=True)  # the PS wrote its run_end as it stopped
+    restarted = job.main_child().exit_code == 0 and job.restart(command) is not None
     for e in tail.poll():
         printer.event(e)
     if restarted:
@@ -256,27 +257,12 @@ def bring_back(supervisor: Supervisor, lost: Child, printer: Printer, tail: Even
         printer.line("not restarted: the PS wrote no checkpoint to resume from")
 
 
-def start_holding_signals(supervisor: Supervisor) -> Path:
-    """Start the job's processes with Ctrl+C and SIGTERM held until every one is recorded (one
-    arriving mid-start would leave a child started but unknown, which no stop would reach)."""
-    held: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return supervisor.start()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if held:
-            raise KeyboardInterrupt  # now the stop reaches every process
-
-
-def finish(supervisor: Supervisor, printer: Printer, interrupted: bool) -> int:
+def finish(job: JobController, printer: Printer, interrupted: bool) -> int:
     """Record process exits (the PS is gone, so we are the writer now) and pick the exit code."""
-    supervisor.record_exits(run_ended=printer.outcome is not None)
-    supervisor.release()
-    main = supervisor.main_child()
-    if printer.outcome is None and interrupted and (main is None or main.exit_code in (0, -signal.SIGTERM)):
+    job.finish(run_ended=printer.outcome is not None)
+    job.release()
+    main = job.main_child()
+    if printer.outcome is None and interrupted and job.stopped_cleanly():
         printer.line(stopped_where(printer))  # the PS could not say so itself
     elif printer.outcome is None:
         printer.line(f"run failed: {main.label} exited with code {main.exit_code} before the run "
@@ -284,11 +270,7 @@ def finish(supervisor: Supervisor, printer: Printer, interrupted: bool) -> int:
         tail = _log_tail(main.log_path)
         if tail:
             printer.line(tail)
-    if main is not None and main.exit_code == ExitCode.BAD_INPUT:
-        return ExitCode.BAD_INPUT
-    if interrupted:
-        return ExitCode.INTERRUPTED
-    return ExitCode.OK if printer.outcome == "finished" else ExitCode.FAILED
+    return job.exit_code(printer.outcome, interrupted)
 
 
 def stopped_where(printer: Printer) -> str:

@@ -8,7 +8,6 @@ A run is read from its `config.json` and `events.jsonl` only (no torch). Its sta
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import sys
@@ -20,6 +19,7 @@ from typing import Any, TextIO
 
 from engine.config import ConfigError
 from engine.events import read_events
+from engine.rundir import RunDir
 
 from .supervisor import Supervisor
 
@@ -49,8 +49,8 @@ class RunInfo:
 def run_info(run_dir: str | Path, checkpoints_dir: str | Path = "checkpoints") -> RunInfo:
     """Read one run directory (which must hold config.json)."""
     run_dir = Path(run_dir).resolve()
-    config = json.loads((run_dir / "config.json").read_text())
-    events = _read(run_dir / "events.jsonl")
+    config = RunDir(run_dir).read_config()
+    events = _read(RunDir(run_dir).events)
     starts = [e for e in events if e["kind"] == "run_start"]
     last_start = starts[-1] if starts else None
     ended = _last_outcome(events)
@@ -67,7 +67,7 @@ def run_info(run_dir: str | Path, checkpoints_dir: str | Path = "checkpoints") -
     return RunInfo(
         run_id=run_dir.name,
         run_dir=str(run_dir),
-        started=starts[0]["t"] if starts else (run_dir / "config.json").stat().st_mtime,
+        started=starts[0]["t"] if starts else RunDir(run_dir).config.stat().st_mtime,
         state=state,
         model=config.get("model", "?"),
         workers=int(config.get("workers", 0)),
@@ -84,14 +84,14 @@ def list_runs(runs_dir: str | Path = "runs", checkpoints_dir: str | Path = "chec
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    runs = [run_info(d, checkpoints_dir) for d in root.iterdir() if (d / "config.json").is_file()]
+    runs = [run_info(d, checkpoints_dir) for d in root.iterdir() if RunDir(d).is_run()]
     return sorted(runs, key=lambda r: r.started or 0, reverse=True)
 
 
 def find_run(run_id: str, runs_dir: str | Path = "runs") -> Path:
     """A run's directory from its id (or from its path)."""
     for candidate in (Path(runs_dir) / run_id, Path(run_id)):
-        if (candidate / "config.json").is_file():
+        if RunDir(candidate).is_run():
             return candidate.resolve()
     raise ConfigError("run_id", f"names {run_id!r}, which is not a run in {Path(runs_dir).resolve()}",
                       "pick an id from `adt runs` (or pass --runs-dir)", heading="no such run")
@@ -221,7 +221,7 @@ def _duration(events: list[dict[str, Any]], now: float | None) -> float | None:
 
 
 def _alive(run_dir: Path) -> bool:
-    if not (run_dir / "pids.json").is_file():
+    if not RunDir(run_dir).pids.is_file():
         return False
     try:
         return any(c.running for c in Supervisor.attach(run_dir).children)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from engine.config import DEFAULT_DATA, ConfigError, RunConfig
+from engine.rundir import checkpoint_path
 
 
 def prepare_job(config: RunConfig, out: TextIO = sys.stdout,
@@ -41,7 +42,7 @@ def prepare_job(config: RunConfig, out: TextIO = sys.stdout,
         report.listeners = listeners
     print("\n".join(report.lines()), file=out, flush=True)
     if config.resume:
-        last = Path(config.checkpoints_dir) / config.resume / "last.pt"
+        last = checkpoint_path(config.checkpoints_dir, config.resume)
         if not last.is_file():
             raise ConfigError("resume", f"names run {config.resume!r}, which has no checkpoint {last}",
                               "pick a run id from `ls checkpoints/`")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.message import Message
+
+if TYPE_CHECKING:
+    from .controller import Then
 
 
 class SourceChanged(Message):
@@ -17,8 +22,6 @@ class SourceChanged(Message):
 class JobStopped(Message):
     """A stop (or the stop half of a restart) finished in its worker thread."""
 
-    def __init__(self, then: str | None = None) -> None:
+    def __init__(self, then: Then = None) -> None:
         super().__init__()
-        # what to start next: None, "resume", "fresh", or "bring-back:WORKER:WHY" (a resume that
-        # first records the worker's restart)
-        self.then = then
+        self.then = then  # what to do next (adt_tui/controller.py): stay, restart, bring back, quit

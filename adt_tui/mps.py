@@ -12,7 +12,6 @@ A CUDA process that cannot reach the daemon runs as it would without MPS.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
 import signal
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import ConfigError
+from engine.rundir import RunDir
 
 from .processes import is_job_process
 
@@ -88,8 +88,8 @@ def keep(run_dir: Path, folder: Path) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when the job is over
     supervisor = os.getppid()
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "logs" / "mps.log", "ab") as log:
+    RunDir(run_dir).logs.mkdir(parents=True, exist_ok=True)
+    with open(RunDir(run_dir).log("mps"), "ab") as log:
         daemon = subprocess.Popen([CONTROL, "-f"], env=env, stdin=subprocess.DEVNULL, stdout=log,
                                   stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     try:
@@ -142,11 +142,7 @@ def _command(text: str, env: dict[str, str]) -> str | None:
 
 def _job_alive(run_dir: Path) -> bool:
 
-    try:
-        pids = json.loads((run_dir / "pids.json").read_text())["children"].values()
-    except (OSError, ValueError, KeyError):
-        return False
-    return any(is_job_process(pid, run_dir) for pid in pids)
+    return any(is_job_process(pid, run_dir) for pid in RunDir(run_dir).read_pids().values())
 
 
 if __name__ == "__main__":

@@ -20,12 +20,10 @@ gracefully), the grace period, then SIGKILL for every process of the tree.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +36,7 @@ import psutil
 from engine.config import ConfigError, RunConfig
 from engine.events import EventTail, EventWriter, ExitCode
 from engine.listen import is_loopback, launch_listeners
+from engine.rundir import RunDir
 
 from .supervisor import PROJECT_ROOT, new_run_id
 
@@ -131,8 +130,7 @@ def prepare_run(config: RunConfig, plan: NodePlan, workers_flag: int | None, out
     prepare_job(config, out, listeners=[], local_workers=plan.nproc_per_node - 1)
     config.run_id = config.run_id or new_run_id()
     run_dir = Path(config.runs_dir).resolve() / config.run_id
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    RunDir(run_dir).create(config)
     return run_dir
 
 
@@ -155,16 +153,18 @@ def launch(plan: NodePlan, run_dir: Path | None, grace_period: float, out: TextI
     cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(plan, run_dir)]
     tail = None
     if run_dir is not None:
-        tail = EventTail(run_dir / "events.jsonl")
+        tail = EventTail(RunDir(run_dir).events)
         tail.poll()  # a resumed run's earlier segments are history, not this launch's progress
     # Node 0 logs to its run dir; other nodes have none and print to this terminal.
-    log_path = run_dir / "logs" / f"{LAUNCHER}.log" if run_dir is not None else None
+    log_path = RunDir(run_dir).log(LAUNCHER) if run_dir is not None else None
     with open(log_path, "ab") if log_path else contextlib.nullcontext() as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     if run_dir is not None:
-        _write_pids(run_dir, proc.pid)
-        print(f"run dir: {run_dir}   (torchrun and process logs in {run_dir / 'logs' / f'{LAUNCHER}.log'})",
+        # `adt watch` and `adt runs` find the job through the launcher: its command line names
+        # engine.node and the run dir, and a SIGTERM to it stops the whole node gracefully.
+        RunDir(run_dir).write_pids({LAUNCHER: proc.pid})
+        print(f"run dir: {run_dir}   (torchrun and process logs in {log_path})",
               file=out, flush=True)
     return _supervise(proc, run_dir, tail, grace_period, out, log_path)
 
@@ -261,21 +261,12 @@ def _record_end(run_dir: Path, printer: Any, code: int | None) -> None:
     """If the PS never wrote `run_end`, say how the run ended (it is gone: we may write now)."""
     if printer.outcome is not None:
         return
-    log = run_dir / "logs" / f"{LAUNCHER}.log"
+    log = RunDir(run_dir).log(LAUNCHER)
     message = f"torchrun exited with code {code} before the run ended; see {log}"
-    writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
+    writer = EventWriter(RunDir(run_dir).events, run_dir.name)
     writer.emit("run_end", outcome="failed", version=None, epoch=None, best_val_acc=None, message=message)
     writer.close()
     printer.line(f"run failed: {message}")
-
-
-def _write_pids(run_dir: Path, pid: int) -> None:
-    # `adt watch` and `adt runs` find the job through the launcher: its command line names
-    # engine.node and the run dir, and a SIGTERM to it stops the whole node gracefully.
-    info = {"supervisor": os.getpid(), "host": socket.gethostname(), "children": {LAUNCHER: pid}}
-    tmp = run_dir / "pids.json.tmp"
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, run_dir / "pids.json")
 
 
 class _Tree:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.events import read_events
+from engine.rundir import RunDir
 
 from .history import find_run, format_duration, run_info
 from .series import Curves
@@ -46,7 +47,7 @@ def load_series(run_dir: Path) -> RunSeries:
     mode = "single process (--workers 0)" if info.workers == 0 else f"async, {info.workers} workers"
     series = RunSeries(info.run_id, f"{info.run_id}: {mode}", info.state, 0, info.duration)
     curves = Curves()
-    for e in read_events(run_dir / "events.jsonl"):
+    for e in read_events(RunDir(run_dir).events):
         curves.apply(e)
         if e["kind"] == "run_start":
             series.epochs = e["config"].get("epochs", 0)

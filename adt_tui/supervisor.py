@@ -1,5 +1,5 @@
-"""The one supervisor: starts a job's processes, watches them, stops them. Used by the monitor
-and by `adt run --no-ui` alike.
+"""The supervisor: starts one start's processes of a job, watches them, stops them. The job's
+life across starts (restarts, bring-backs, its end) is adt_tui/controller.py's.
 
 Each child runs in its own session (so a terminal's Ctrl+C reaches only us, and we can signal a
 child's whole tree); its stdout/stderr go to `runs/<id>/logs/<name>.log`. Stopping follows
@@ -9,7 +9,6 @@ The job is described by `runs/<id>/pids.json`, so `adt watch` can re-attach afte
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -24,6 +23,7 @@ import psutil
 
 from engine.config import RunConfig
 from engine.listen import is_loopback
+from engine.rundir import RunDir
 
 from .mps import Mps, start_mps
 from .processes import describe_exit, is_job_process, kill_all, signal_group  # noqa: F401 (re-exported)
@@ -77,8 +77,7 @@ class Supervisor:
         self.run_dir = Path(config.runs_dir).resolve() / self.run_id
         self.stopping = False
         self.attached = False  # True: another adt started this job; we only watch (and may stop) it
-        self.restarts: dict[int, int] = {}  # worker -> times the job was restarted to bring it back
-        self.mps: Mps | None = None  # the job's own MPS daemon (--mps), kept across restarts
+        self.mps: Mps | None = None  # the job's own MPS daemon (--mps); a restart hands it on
 
     @classmethod
     def attach(cls, run_dir: str | Path) -> Supervisor:
@@ -88,18 +87,14 @@ class Supervisor:
         only while it is alive and still runs `engine.node` for this run dir: pids get reused.
         """
         run_dir = Path(run_dir).resolve()
-        config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        config = RunConfig.from_dict(RunDir(run_dir).read_config())
         config.runs_dir, config.run_id = str(run_dir.parent), run_dir.name
         sup = cls(config)
         sup.attached = True
-        try:
-            pids: dict[str, int] = json.loads((run_dir / "pids.json").read_text())["children"]
-        except (OSError, ValueError, KeyError):
-            pids = {}
-        for name, pid in pids.items():
+        for name, pid in RunDir(run_dir).read_pids().items():
             role = "worker" if name.startswith("worker") else name
             worker = int(name[len("worker"):]) if role == "worker" else None
-            child = Child(name, role, worker, None, run_dir / "logs" / f"{name}.log", pid)
+            child = Child(name, role, worker, None, RunDir(run_dir).log(name), pid)
             child.exited = not is_job_process(pid, run_dir)
             sup.children.append(child)
         return sup
@@ -108,8 +103,7 @@ class Supervisor:
     def start(self) -> Path:
         """Write the run dir and config, then start every process; returns the run dir."""
         cfg = self.config
-        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        RunDir(self.run_dir).create(cfg)
         if cfg.mps and self.mps is None:
             self.mps = start_mps(self.run_dir, self.python)
         port = cfg.port or free_port(cfg.host)
@@ -121,7 +115,7 @@ class Supervisor:
             self._spawn("ps", "ps", None, {"RANK": "0", "WORLD_SIZE": str(world)}, port)
             for w in range(cfg.workers):
                 self._spawn(f"worker{w}", "worker", w, {"RANK": str(w + 1), "WORLD_SIZE": str(world)}, port)
-        self._write_pids()
+        RunDir(self.run_dir).write_pids({c.name: c.pid for c in self.children})
         return self.run_dir
 
     def _spawn(self, name: str, role: str, worker: int | None, env_extra: dict[str, str], port: int) -> None:
@@ -139,7 +133,7 @@ class Supervisor:
         if is_loopback(self.config.host):
             env.setdefault("TP_SOCKET_IFNAME", "lo")
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        log_path = self.run_dir / "logs" / f"{name}.log"
+        log_path = RunDir(self.run_dir).log(name)
         cmd = [self.python, "-m", "engine.node", "--role", role, "--run-dir", str(self.run_dir),
                "--supervisor", str(os.getpid())]
         with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
@@ -147,13 +141,6 @@ class Supervisor:
                                      stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd(),
                                      start_new_session=True)
         self.children.append(Child(name, role, worker, popen, log_path, popen.pid))
-
-    def _write_pids(self) -> None:
-        pids = {c.name: c.pid for c in self.children}
-        info = {"supervisor": os.getpid(), "host": socket.gethostname(), "children": pids}
-        tmp = self.run_dir / "pids.json.tmp"
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.run_dir / "pids.json")
 
     # --- watching -------------------------------------------------------------------------
     def poll(self) -> list[Child]:
@@ -186,52 +173,6 @@ class Supervisor:
             if deadline is not None and time.monotonic() > deadline:
                 return False
             time.sleep(0.1)
-        return True
-
-    # --- bringing a lost worker back -------------------------------------------------------
-    def lost_worker(self) -> Child | None:
-        """A worker that died (non-zero exit) while the PS runs and nobody asked for a stop."""
-        main = self.main_child()
-        if self.stopping or self.attached or main is None or not main.running:
-            return None
-        return next((c for c in self.children
-                     if c.role == "worker" and c.exited and c.exit_code not in (0, None)), None)
-
-    def may_restart(self, worker: int) -> bool:
-        """Automatic restarts left for this worker (`max_restarts` each)."""
-        return self.restarts.get(worker, 0) < self.config.max_restarts
-
-    def checkpoint_to_resume(self) -> Path | None:
-        path = Path(self.config.checkpoints_dir).resolve() / self.run_id / "last.pt"
-        return path if path.exists() else None
-
-    def note_restart(self, worker: int, why: str) -> None:
-        """Count a restart and write `worker_restart` (every child has exited: we are the writer)."""
-        from engine.events import EventWriter
-
-        self.restarts[worker] = self.restarts.get(worker, 0) + 1
-        writer = EventWriter(self.run_dir / "events.jsonl", self.run_id)
-        writer.emit("worker_restart", worker=worker, restart=self.restarts[worker],
-                    max_restarts=self.config.max_restarts, reason=why)
-        writer.close()
-
-    def restart(self, worker: int, why: str) -> bool:
-        """Bring a lost worker back (blocking): stop the job gracefully, so the PS checkpoints the
-        version it reached, and start every process again resuming from it, in the same run dir.
-
-        The whole job restarts because torch RPC cannot re-admit a rank into a running group
-        (README: "A lost worker comes back"). False, and nothing started, if the PS wrote no
-        checkpoint to resume from.
-        """
-        self.stop()
-        main = self.main_child()
-        self.record_exits(run_ended=True)  # the PS wrote its run_end as it stopped
-        if main is None or main.exit_code != 0 or self.checkpoint_to_resume() is None:
-            return False
-        self.note_restart(worker, why)
-        self.config.resume = self.run_id
-        self.stopping = False
-        self.start()
         return True
 
     # --- stopping -------------------------------------------------------------------------
@@ -267,7 +208,7 @@ class Supervisor:
         `run_end`. Call only once every child has exited: the PS is the writer while it lives."""
         from engine.events import EventWriter
 
-        writer = EventWriter(self.run_dir / "events.jsonl", self.run_id)
+        writer = EventWriter(RunDir(self.run_dir).events, self.run_id)
         for child in self.children:
             writer.emit("process_exit", role=child.role, worker=child.worker, pid=child.pid,
                         code=child.exit_code, reason="exited")  # the code says how

@@ -13,7 +13,6 @@ Exit codes: 0 finished or stopped on request, 1 failed, 2 bad input (config, dat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
@@ -28,6 +27,7 @@ from .config import ConfigError, RunConfig
 from .errors import CheckpointError, DataError, JoinTimeout
 from .events import AlertCode, EventWriter, ExitCode
 from .fingerprint import cover, startup_fingerprint
+from .rundir import RunDir, checkpoint_path
 from .sources import job_sources
 from .stopping import StopRequested, StopSignals
 
@@ -45,7 +45,7 @@ def _compatible_checkpoint(config: RunConfig, data_fingerprint: str,
     """Load the resume checkpoint; refuse one of other data or another model shape (unless --force)."""
     from .checkpoint import load_checkpoint
 
-    path = Path(config.checkpoints_dir).resolve() / config.resume / "last.pt"
+    path = checkpoint_path(config.checkpoints_dir, config.resume)
     payload = load_checkpoint(path)
     old = payload.get("meta", {})
     shapes = {k: list(v.shape) for k, v in payload["model"].items()}
@@ -101,7 +101,7 @@ def run_server(config: RunConfig, run_dir: Path, world_size: int, host: str, por
     if config.num_classes and config.num_classes != len(spec.classes):
         raise DataError(f"num_classes is {config.num_classes} but {spec.train.manifest_path} lists "
                         f"{len(spec.classes)} classes. Fix: drop --num-classes or use matching data.")
-    events = EventWriter(run_dir / "events.jsonl", config.run_id)
+    events = EventWriter(RunDir(run_dir).events, config.run_id)
     cover(job_sources(config))  # the user's model, TOML and --watch paths join adt's code
     checkpoint_dir = Path(config.checkpoints_dir).resolve() / config.run_id
     meta = {"run_id": config.run_id, "code": startup_fingerprint(), "data_fingerprint": spec.fingerprint(),
@@ -285,14 +285,14 @@ def _run_config(run_dir: str | None) -> RunConfig | None:
     are not: they get it from the PS)."""
     if not run_dir:
         return None
-    return RunConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+    return RunConfig.from_dict(RunDir(Path(run_dir)).read_config())
 
 
 def _stopped_while_starting(role: str, config: RunConfig | None, run_dir: str | None) -> None:
     """A stop before training began: nothing to save. With `config`, say so in the run's events."""
     _log(role, "stopped on request while starting; nothing to save")
     if config is not None and run_dir:
-        events = EventWriter(Path(run_dir) / "events.jsonl", config.run_id)
+        events = EventWriter(RunDir(Path(run_dir)).events, config.run_id)
         events.emit("run_end", outcome="stopped", version=None, epoch=None, best_val_acc=None,
                     message="stopped on request before training began")
         events.close()

@@ -35,6 +35,7 @@ from .membership import Membership, WorkerState
 from .models import build_for
 from .protocol import Reply
 from .rules import make_rule
+from .rundir import checkpoint_path
 from .schedule import LRSchedule
 
 
@@ -315,7 +316,7 @@ class ParameterServer:
     def checkpoint(self, tag: str) -> None:
         """Write checkpoints/<run>/<tag>.pt atomically; a failure is an alert, not a crash."""
         self._sync_buffers()
-        path = self.checkpoint_dir / f"{tag}.pt"
+        path = checkpoint_path(self.checkpoint_dir.parent, self.checkpoint_dir.name, tag)
         payload = {
             "model": self.model.state_dict(),
             "rule": self.rule.state_dict(),

@@ -226,7 +226,7 @@ async def test_lost_worker_is_brought_back_automatically_then_by_key(
                            and app.state.workers[1].pid not in (None, victim)
                            and app.state.workers[1].step > 0, 90)
             assert "the job restarted from a checkpoint to bring worker 1 back" in alert_text(app)
-        assert app.state.resumed and app.supervisor.restarts == {1: 2}
+        assert app.state.resumed and app.job.restarts == {1: 2}
         await pilot.press("q")
         await wait_for(pilot, "the quit question", lambda: "Quit the monitor?" in screen_text(app), 5)
         await pilot.press("s")
