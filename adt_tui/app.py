@@ -50,6 +50,7 @@ from .screens import Choice, ChoiceScreen, DetailScreen, HelpScreen, confirm
 from .stale import StartedSources
 from .state import RunState
 from .supervisor import Child, Supervisor
+from .tensorboard import TensorBoardWriter
 from .watcher import SourceWatcher
 
 TICK = 0.25  # seconds between redraws: fast enough to feel live, slow enough to stay cheap
@@ -161,6 +162,7 @@ class AdtApp(App[int]):
         self._backlog = False
         self._catching_up = False
         self.watcher: SourceWatcher | None = None
+        self.tensorboard: TensorBoardWriter | None = None  # --tensorboard: the scalars, live
 
     # --- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -256,6 +258,10 @@ class AdtApp(App[int]):
     def _open_run(self, run_dir: Path) -> None:
         """Read a run from the start of its events (a new run, or one we attach to)."""
         self.tail = EventTail(RunDir(run_dir).events)
+        if self.config is not None and self.config.tensorboard:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            self.tensorboard = TensorBoardWriter(self.config.tensorboard, run_dir.name)
         self.state = RunState()
         self._alerts_seen, self._drawn = 0, -1
         self._catching_up = True  # the tick reads the past in slices; its alerts go to the bar only
@@ -321,7 +327,11 @@ class AdtApp(App[int]):
         while True:
             events = self.tail.poll(max_bytes=INGEST_BYTES)
             self.state.apply_all(events)
+            if self.tensorboard is not None:
+                self.tensorboard.write_all(events)
             if not events:
+                if self.tensorboard is not None:
+                    self.tensorboard.flush()
                 return False
             if budget is not None and time.perf_counter() - start > budget:
                 return True
@@ -651,6 +661,8 @@ class AdtApp(App[int]):
     def on_unmount(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def run_monitor(config: RunConfig, restart_on_change: bool = False) -> int:

@@ -175,6 +175,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .history import find_run
+    from .tensorboard import export
+
+    print(f"wrote {export(find_run(args.run_id, args.runs_dir), args.tensorboard)}")
+    return 0
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from .history import clean
 
@@ -247,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="PNG path (default reports/<ids>.png); the HTML goes beside it")
     report.add_argument("--runs-dir", default="runs")
     report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="write a run's scalars as TensorBoard event files")
+    export.add_argument("run_id", metavar="RUN", help="a run id or a run directory")
+    export.add_argument("--tensorboard", required=True, metavar="DIR",
+                        help="where to write them (DIR/<run-id>/); open with `tensorboard --logdir DIR`")
+    export.add_argument("--runs-dir", default="runs")
+    export.set_defaults(func=cmd_export)
 
     clean = sub.add_parser("clean", help="remove runs and their checkpoints (never a running one)")
     clean.add_argument("run_ids", nargs="*", metavar="RUN_ID")

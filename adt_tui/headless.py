@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +22,7 @@ from .controller import BringBack, JobController
 from .launch import prepare_job
 from .series import Curves
 from .stale import StartedSources
+from .tensorboard import TensorBoardWriter
 from .watcher import SourceWatcher
 
 
@@ -196,7 +197,17 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
     stale = StaleCodeWarner(job_sources(config), config.config_file)
     printer = Printer(out)
     tail = EventTail(events_path, offset)
+    tensorboard = TensorBoardWriter(config.tensorboard, config.run_id) if config.tensorboard else None
     interrupted = False
+
+    def catch_up() -> None:
+        """Print the new events (and write them to TensorBoard, with --tensorboard)."""
+        events = tail.poll()
+        for e in events:
+            printer.event(e)
+        if tensorboard is not None:
+            tensorboard.write_all(events)
+            tensorboard.flush()
 
     def on_term(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -207,8 +218,7 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
         stale.start()
         printer.line(f"run dir: {run_dir}   (logs in {run_dir / 'logs'})")
         while True:
-            for e in tail.poll():
-                printer.event(e)
+            catch_up()
             for line in stale.warnings():
                 printer.line(line)
             main = job.main_child()
@@ -218,7 +228,7 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
                                  f"{child.exit_code}; see {child.log_path}")
             command = job.restart_due()
             if command is not None:
-                bring_back(job, command, printer, tail)
+                bring_back(job, command, printer, catch_up)
                 continue
             if not main.running:
                 # The PS is gone: give workers a moment to see it, then stop what is left.
@@ -236,12 +246,14 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         stale.stop()
-    for e in tail.poll():
-        printer.event(e)
+    catch_up()
+    if tensorboard is not None:
+        tensorboard.close()
+        printer.line(f"TensorBoard: tensorboard --logdir {tensorboard.path.parent}")
     return finish(job, printer, interrupted)
 
 
-def bring_back(job: JobController, command: BringBack, printer: Printer, tail: EventTail) -> None:
+def bring_back(job: JobController, command: BringBack, printer: Printer, catch_up: Callable[[], None]) -> None:
     """Restart the job from a checkpoint taken now, so the lost worker trains again."""
     used = job.restarts.get(command.worker, 0) + 1
     printer.line(f"{command.why}: restarting the job from a checkpoint taken now to bring it back "
@@ -249,8 +261,7 @@ def bring_back(job: JobController, command: BringBack, printer: Printer, tail: E
     job.stop()
     job.finish(run_ended=True)  # the PS wrote its run_end as it stopped
     restarted = job.main_child().exit_code == 0 and job.restart(command) is not None
-    for e in tail.poll():
-        printer.event(e)
+    catch_up()
     if restarted:
         printer.outcome = None  # the stop was ours: the run goes on
     else:

@@ -123,6 +123,7 @@ class Curves:
     epochs: list[Mark] = field(default_factory=list)
     staleness_counts: Counter[int] = field(default_factory=Counter)  # every push's, from the PS
     samples: float = 0.0  # samples seen so far (all workers): the x of the next point
+    last_x: float = 0.0  # the samples axis of the last event's points
     t0: float | None = None
     changes: int = 0  # moves whenever a curve moved: charts redraw only then
     # The samples axis: the PS's samples_seen for its points (+ shift after a resume, which redoes
@@ -157,7 +158,7 @@ class Curves:
         if kind == "worker_metrics":
             self._worker(e, t)
         elif kind == "ps_metrics":
-            x = self._ps_samples(e)
+            x = self.last_x = self._ps_samples(e)
             self.lr.add(t, x, num(e.get("lr")))
             stale = e.get("staleness") or {}
             self.staleness_p50.add(t, x, num(stale.get("p50")))
@@ -165,7 +166,7 @@ class Curves:
             for value, count in (stale.get("hist") or {}).items():
                 self.staleness_counts[int(value)] += int(count)
         elif kind == "validation":
-            x = self._ps_samples(e)
+            x = self.last_x = self._ps_samples(e)
             self.val_loss.add(t, x, num(e.get("loss")))
             self.val_acc.add(t, x, num(e.get("acc")))
             self.chance = num(e.get("chance")) or self.chance
@@ -189,7 +190,7 @@ class Curves:
         if own is not None:
             self._workers_total += own - self._worker_samples.get(w, 0.0)
             self._worker_samples[w] = own
-        x = max(self._ps_x, self._base + self._workers_total)
+        x = self.last_x = max(self._ps_x, self._base + self._workers_total)
         self.samples = max(self.samples, x)
         if w not in self.train_loss:
             self.train_loss[w], self.train_acc[w] = Series(), Series()

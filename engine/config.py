@@ -7,6 +7,7 @@ no torch, so the CLI and the monitor can check a config in milliseconds.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,9 @@ class RunConfig:
     force: bool = _paths(False, "resume even if the data fingerprint differs (never with another model shape)")
     watch: list[str] = _paths([], "a file or directory the job depends on, watched and fingerprinted with its "
                               "code (repeatable; directories: their *.py files)", metavar="PATH")
+    tensorboard: str = _paths("", "also write the run's scalars (loss, accuracy, validation, LR, staleness, "
+                              "images/s; steps in samples seen) live as TensorBoard event files into DIR/<run-id>; "
+                              "needs the tensorboard package", metavar="DIR")
     config_file: str = _paths("", "the TOML file the run was started with (set by adt)", flag=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +185,9 @@ class RunConfig:
             value = getattr(self, name)
             if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
                 bad(name, f"is {value!r}", "use auto, cpu, cuda or cuda:N")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            bad("tensorboard", f"is {self.tensorboard!r}, but the tensorboard package is not installed",
+                "pip install tensorboard (or pip install -e '.[tensorboard]'), or leave out --tensorboard")
         if self.port > 65535:
             bad("port", f"is {self.port}", "use 0 (pick a free port) or a port below 65536")
         if not (self.train_url or self.data):
