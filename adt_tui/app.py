@@ -31,6 +31,7 @@ from engine.rundir import RunDir
 from engine.sources import job_sources
 
 from .charts import AXES, CHARTS, Chart, chart_spec
+from .compare import Reference, standing
 from .controller import BringBack, JobController, Quit, Restart, Then
 from .gpustats import GpuStats, GpuUsage
 from .logview import LogView
@@ -116,13 +117,15 @@ class AdtApp(App[int]):
     def __init__(self, config: RunConfig | None = None, *, run_dir: str | Path | None = None,
                  source_dirs: Iterable[str | Path] | None = None,
                  restart_on_change: bool = False, clock: Callable[[], float] = time.time,
-                 python: str | None = None, gpu: GpuStats | None = None) -> None:
+                 python: str | None = None, gpu: GpuStats | None = None,
+                 reference: Reference | None = None) -> None:
         """Give `config` to start and own a job, or `run_dir` to watch an existing one.
 
         `source_dirs` replaces adt's own source directories among the watched paths (tests watch a
         temp dir; the job's model, config file and --watch paths join them);
         `clock` is the wall clock for elapsed time (frozen in snapshots);
-        `gpu` replaces the NVML sampler (tests pass one without NVML, or a fake).
+        `gpu` replaces the NVML sampler (tests pass one without NVML, or a fake);
+        `reference` is the --compare run, drawn beside this one.
         """
         super().__init__()
         if (config is None) == (run_dir is None):
@@ -163,6 +166,9 @@ class AdtApp(App[int]):
         self._catching_up = False
         self.watcher: SourceWatcher | None = None
         self.tensorboard: TensorBoardWriter | None = None  # --tensorboard: the scalars, live
+        self.reference = reference
+        self._reference_read = 0.0
+        self._reference_warned = False
 
     # --- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -306,6 +312,10 @@ class AdtApp(App[int]):
         if due is not None:
             self._bring_back(due, automatic=True)
         now = time.monotonic()
+        if self.reference is not None and now - self._reference_read >= STATS_EVERY:
+            self._reference_read = now
+            self.reference.refresh()  # a reference still running grows
+            self._warn_if_not_comparable()
         if now - self._last_stats >= STATS_EVERY:
             self._last_stats = now
             self.usage = self.stats.sample(self._live_pids())
@@ -373,7 +383,7 @@ class AdtApp(App[int]):
         """Redraw from the state; cheap when nothing changed (only the clock moves)."""
         info = HeaderInfo(self.job_state(), self.job_fingerprint,
                           self.now_fingerprint if self.stale_paths else None,
-                          read_only=not self.owned)
+                          read_only=not self.owned, versus=self.versus())
         self.header.show(header_text(self.state, info, self.clock()))
         self.draw_charts()
         if self._drawn == self.state.events:
@@ -412,17 +422,43 @@ class AdtApp(App[int]):
         shown = [chart for chart in self.charts.values() if chart.display]
         turn = self._chart_turn % max(1, len(shown))
         for chart in shown[turn:] + shown[:turn]:
-            key = (self.state.curves.changes, self.axis, chart.size.width, chart.size.height)
+            ghost = (self.reference.name, self.reference.curves) if self.reference else None
+            key = (self.state.curves.changes, ghost[1].changes if ghost else 0, self.axis,
+                   chart.size.width, chart.size.height)
             first = chart.drawn_key is None
             every = CHART_EVERY_CATCHING_UP if self._backlog else CHART_EVERY[chart.chart]
             if key == chart.drawn_key or not (force or first) and now - chart.drawn_at < every:
                 continue
             target = max(64, 2 * chart.size.width)
-            chart.show(chart_spec(chart.chart, self.state.curves, self.axis, target))
+            chart.show(chart_spec(chart.chart, self.state.curves, self.axis, target, ghost))
             chart.drawn_key, chart.drawn_at = key, now
             self._chart_turn = shown.index(chart) + 1
             if not (force or first):
                 return
+
+    def _warn_if_not_comparable(self) -> None:
+        """Once both runs have started: a reference of other data is drawn, but said to be so."""
+        start = self._started_as()
+        if self._reference_warned or start is None or self.reference is None:
+            return
+        self._reference_warned = True
+        warning = self.reference.warning(start)
+        if warning:
+            self.notify(warning, title="not comparable", severity="warning", timeout=20, markup=False)
+
+    def _started_as(self) -> dict[str, object] | None:
+        """What this run's run_start said about its data (for the comparison), once it said it."""
+        if not self.state.starts:
+            return None
+        return {"data": self.state.data, "num_classes": self.state.num_classes}
+
+    def versus(self) -> str | None:
+        """The header's "−2.1 pts vs REF @240k" (--compare)."""
+        if self.reference is None:
+            return None
+        found = standing(self.state.curves, self.reference)
+        flag = " (other data)" if self.reference.differences(self._started_as()) else ""
+        return (found.short() if found else f"vs {self.reference.name}") + flag
 
     def _draw_detail(self) -> None:
         self.detail.show(detail_text(self.state, self.table.selected, self.usage, self.gpus))
@@ -670,19 +706,21 @@ def run_monitor(config: RunConfig, restart_on_change: bool = False) -> int:
     from .launch import prepare_job
 
     prepare_job(config)  # bad data or config fails here, in plain text, before the screen opens
-    app = AdtApp(config, restart_on_change=restart_on_change)
+    reference = Reference(config.compare, config.runs_dir) if config.compare else None
+    app = AdtApp(config, restart_on_change=restart_on_change, reference=reference)
     code = app.run()
     return _after(app, code)
 
 
-def watch_run(run_dir: str | Path) -> int:
+def watch_run(run_dir: str | Path, compare: str = "") -> int:
     """`adt watch RUN_DIR`: open the monitor on an existing run (running or finished)."""
     run_dir = Path(run_dir)
     if not RunDir(run_dir).is_run():
         print(f"adt watch: {run_dir} is not a run directory (no config.json). "
               "Fix: pass runs/<run-id>, e.g. the last one in `ls runs/`.")
         return 2
-    app = AdtApp(run_dir=run_dir)
+    reference = Reference(compare, run_dir.resolve().parent) if compare else None
+    app = AdtApp(run_dir=run_dir, reference=reference)
     return _after(app, app.run())
 
 

@@ -14,6 +14,7 @@ from rich.text import Text
 from textual.message import Message
 from textual_plotext import PlotextPlot
 
+from .compare import mean_train_loss
 from .series import Curves, Series
 
 # One colour per worker (a colour-blind-friendly set), then the global model in the foreground.
@@ -23,6 +24,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 GLOBAL = (235, 235, 235)  # validation of the global model
 REFERENCE = (140, 140, 140)  # the chance level
+GHOST = (120, 120, 120)  # --compare: the reference run's curve
 EPOCH = (80, 80, 80)  # epoch boundaries: faint, there are many
 AXES = ("samples", "time")
 
@@ -60,7 +62,8 @@ class ChartSpec:
             text = Text(self.title, style="bold")
             for line in self.lines:
                 text.append("  ")
-                text.append("━━" if line.marker == "braille" else "■■", style=f"rgb{line.color}")
+                mark = {"braille": "━━", "dot": "••"}.get(line.marker, "■■")
+                text.append(mark, style=f"rgb{line.color}")
                 label = line.label.replace("worker ", "w").replace("validation", "val") if short else line.label
                 text.append(" " + label)
             if self.hlines:
@@ -84,11 +87,20 @@ def _epoch_lines(curves: Curves, axis: str, limit: int = 40) -> list[float]:
     return xs[step - 1::step]
 
 
-def train_chart(curves: Curves, axis: str, metric: str, target: int = 400) -> ChartSpec:
-    """Training loss or accuracy ("loss" or "acc") of every worker, and validation on top."""
+def train_chart(curves: Curves, axis: str, metric: str, target: int = 400,
+                ghost: tuple[str, Curves] | None = None) -> ChartSpec:
+    """Training loss or accuracy ("loss" or "acc") of every worker, and validation on top; with
+    a `ghost` (--compare: name, curves), the reference's training loss or validation accuracy
+    underneath, named by its run id."""
     per_worker = curves.train_loss if metric == "loss" else curves.train_acc
     spec = ChartSpec("loss (log)" if metric == "loss" else "accuracy", axis,
                      percent=metric == "acc", log=metric == "loss")
+    if ghost is not None:
+        name, reference = ghost
+        line = mean_train_loss(reference) if metric == "loss" else reference.val_acc
+        if len(line):
+            xs, ys = _points(line, axis, target)
+            spec.lines.append(Line(name, xs, ys, GHOST, marker="dot"))
     for w in sorted(per_worker):
         xs, ys = _points(per_worker[w], axis, target)
         spec.lines.append(Line(f"worker {w}", xs, ys, worker_color(w)))
@@ -123,11 +135,12 @@ def staleness_chart(curves: Curves, axis: str, target: int = 200) -> ChartSpec:
 CHARTS = ("loss", "acc", "lr", "staleness")
 
 
-def chart_spec(name: str, curves: Curves, axis: str, target: int = 400) -> ChartSpec:
+def chart_spec(name: str, curves: Curves, axis: str, target: int = 400,
+               ghost: tuple[str, Curves] | None = None) -> ChartSpec:
     """The spec of chart `name` (one of CHARTS), each line thinned to about `target` points
     (a chart W cells wide shows 2W braille dots across: more points cost time, not detail)."""
     if name in ("loss", "acc"):
-        return train_chart(curves, axis, name, target)
+        return train_chart(curves, axis, name, target, ghost)
     return lr_chart(curves, axis, target) if name == "lr" else staleness_chart(curves, axis, target)
 
 

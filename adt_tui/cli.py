@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from .app import watch_run
 
-    return watch_run(args.run_dir)
+    return watch_run(args.run_dir, args.compare)
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = sub.add_parser("watch", help="open the monitor on an existing run (re-attach)")
     watch.add_argument("run_dir", help="the run's directory, runs/<run-id>")
+    watch.add_argument("--compare", default="", metavar="RUN",
+                       help="a reference run (id or path) drawn beside it (as for adt run)")
     watch.set_defaults(func=cmd_watch)
 
     data = sub.add_parser("data", help="make data sets").add_subparsers(dest="data_command", required=True)

@@ -18,6 +18,7 @@ from engine.events import EventTail
 from engine.rundir import RunDir
 from engine.sources import job_sources
 
+from .compare import Reference, Standing, standing
 from .controller import BringBack, JobController
 from .launch import prepare_job
 from .series import Curves
@@ -29,8 +30,9 @@ from .watcher import SourceWatcher
 class Printer:
     """Turns events into human lines; a progress bar per epoch when the output is a terminal."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, reference: Reference | None = None) -> None:
         self.out = out
+        self.reference = reference  # --compare: where this run stands against it
         self.tty = out.isatty()
         self.train_samples = 0
         self.epochs = 0
@@ -62,6 +64,11 @@ class Printer:
             self.line(f"  train data: {_span(e['data']['train'])}")
             self.line(f"  val data:   {_span(e['data']['val'])}")
             self.line(f"  checkpoints: {e['checkpoint_dir']}")
+            if self.reference is not None:
+                self.line(f"  compared with: {self.reference.run_dir}")
+                warning = self.reference.warning(e)
+                if warning:
+                    self.line(f"WARNING: {warning}")
         elif kind == "worker_join":
             self.line(f"worker {e['worker']} joined (pid {e['pid']}, {e['device']}, "
                       f"{len(e['shards'])} shards)")
@@ -69,8 +76,10 @@ class Printer:
             self.progress = e
             self._progress(e)
         elif kind == "validation":
+            versus = self._versus()
             self.line(f"validation @ version {e['version']}: loss {_num(e['loss'])}, "
-                      f"acc {e['acc']:.2%} ({e['count']} samples, chance {e['chance']:.2%})")
+                      f"acc {e['acc']:.2%} ({e['count']} samples, chance {e['chance']:.2%})"
+                      + (f"; {versus.text()}" if versus else ""))
         elif kind == "epoch_end":
             self.epoch_base = e["samples_seen"]
             self.line(f"epoch {min(e['epoch'] + 1, self.epochs)}/{self.epochs} done at version {e['version']}")
@@ -88,6 +97,15 @@ class Printer:
             summary = curve_summary(self.curves)
             if summary:
                 self.line(summary)
+            versus = self._versus()
+            if versus:
+                self.line(f"against the reference: {versus.text()}")
+
+    def _versus(self) -> Standing | None:
+        if self.reference is None:
+            return None
+        self.reference.refresh()  # a reference still running has grown
+        return standing(self.curves, self.reference)
 
     def _progress(self, e: dict[str, Any]) -> None:
         if e["epoch"] >= self.epochs:  # after the last epoch's end: nothing left to count
@@ -99,6 +117,9 @@ class Printer:
         text = (f"epoch {e['epoch'] + 1}/{self.epochs} {min(done, total)}/{total} | version {e['version']} "
                 f"| {e['updates_per_s']:.1f} upd/s | staleness p50 {p50} max {stale['max']} "
                 f"(last {self.interval:g}s) | dropped {e['dropped']}")
+        versus = standing(self.curves, self.reference) if self.reference else None
+        if versus:
+            text += f" | {versus.short()}"
         if self.tty:
             filled = int(24 * min(done, total) / total)
             line = f"[{'#' * filled}{'.' * (24 - filled)}] {text}"
@@ -195,7 +216,7 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
     # A resumed run appends to its old events: print (and judge the outcome by) this start's only.
     offset = events_path.stat().st_size if events_path.exists() else 0
     stale = StaleCodeWarner(job_sources(config), config.config_file)
-    printer = Printer(out)
+    printer = Printer(out, Reference(config.compare, config.runs_dir) if config.compare else None)
     tail = EventTail(events_path, offset)
     tensorboard = TensorBoardWriter(config.tensorboard, config.run_id) if config.tensorboard else None
     interrupted = False

@@ -58,6 +58,7 @@ class HeaderInfo:
     started_fingerprint: str
     now_fingerprint: str | None = None  # set once watched sources differ from the started code
     read_only: bool = False
+    versus: str | None = None  # --compare: "−2.1 pts vs REF @240k"
 
 
 def header_text(run: RunState, info: HeaderInfo, now: float) -> Text:
@@ -72,9 +73,13 @@ def header_text(run: RunState, info: HeaderInfo, now: float) -> Text:
         (" adt ", "bold reverse"), " ",
         (f" {info.state.upper()} ", STATE_STYLES.get(info.state, "bold")), " ",
         clock(run.elapsed(now)), "  ", ("workers ", "dim"), str(workers), "  ",
+    )
+    if info.versus:  # before the run id: where this run stands matters more than its name
+        text.append_text(Text.assemble((info.versus, "bold magenta"), "  "))
+    text.append_text(Text.assemble(
         ("run ", "dim"), (run.run_id or "—", "bold"), "  ",
         ("code ", "dim"), info.started_fingerprint or "—",
-    )
+    ))
     if info.now_fingerprint and info.now_fingerprint != info.started_fingerprint:
         text.append_text(Text.assemble((" → now ", "yellow"), (info.now_fingerprint, "bold yellow")))
     text.append_text(Text.assemble(

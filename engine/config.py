@@ -131,6 +131,9 @@ class RunConfig:
     force: bool = _paths(False, "resume even if the data fingerprint differs (never with another model shape)")
     watch: list[str] = _paths([], "a file or directory the job depends on, watched and fingerprinted with its "
                               "code (repeatable; directories: their *.py files)", metavar="PATH")
+    compare: str = _paths("", "a reference run (id or path) drawn beside this one: its validation accuracy "
+                          "and training loss as ghost lines, and where this run stands against it at "
+                          "the same samples seen", metavar="RUN")
     tensorboard: str = _paths("", "also write the run's scalars (loss, accuracy, validation, LR, staleness, "
                               "images/s; steps in samples seen) live as TensorBoard event files into DIR/<run-id>; "
                               "needs the tensorboard package", metavar="DIR")

@@ -1,0 +1,135 @@
+"""`--compare RUN`: a reference run drawn beside this one, and where this run stands against it.
+
+The reference is any run (finished, or still running: it is read again as it grows) given by id
+or path. Its events are folded by the same `Curves` as this run's, so both share the x axes
+(samples seen, wall time since the start). `standing` says, at this run's latest validation, how
+many points of accuracy it is ahead of or behind the reference at the same samples seen. A
+reference with other data or another class count is still drawn, with a warning naming the
+difference: comparing those silently is how a 0.5% run once looked like a 21% one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+from engine.events import EventTail
+from engine.rundir import RunDir
+
+from .history import find_run
+from .series import Curves, Series
+
+
+@dataclass(frozen=True)
+class Standing:
+    """This run's validation accuracy against the reference's at the same samples seen."""
+
+    points: float  # accuracy difference in percentage points (positive: ahead)
+    samples: float  # where they are compared
+    reference: str  # the reference's run id
+    at_its_end: bool = False  # the reference ended before this run's samples: compared at its end
+
+    def text(self) -> str:
+        where = (f"at its last validation, {_count(self.samples)} samples" if self.at_its_end
+                 else f"at {_count(self.samples)} samples")
+        return f"{_signed(self.points)} points vs {self.reference} {where}"
+
+    def short(self) -> str:
+        return f"{_signed(self.points)} pts vs {self.reference[-13:]} @{_count(self.samples)}"
+
+
+class Reference:
+    """The reference run: its curves, read again as it grows."""
+
+    def __init__(self, run: str, runs_dir: str | Path = "runs") -> None:
+        try:
+            self.run_dir = find_run(run, runs_dir)
+        except ConfigError as exc:
+            raise ConfigError("compare", exc.problem, exc.fix) from None
+        self.name = self.run_dir.name
+        self.curves = Curves()
+        self.start: dict[str, Any] | None = None
+        self.ended = False  # its last start wrote run_end: it grows no more
+        self._tail = EventTail(RunDir(self.run_dir).events)
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Fold the reference's new events (a running reference grows); True when any came."""
+        events = self._tail.poll()
+        for e in events:
+            kind = e.get("kind")
+            if kind == "run_start":
+                self.start = self.start or e
+                self.ended = False
+            elif kind == "run_end":
+                self.ended = True
+            self.curves.apply(e)
+        return bool(events)
+
+    def differences(self, start: dict[str, Any] | None) -> list[str]:
+        """What makes the two runs not comparable: other data, another class count."""
+        if start is None or self.start is None:
+            return []
+        found = []
+        ours, theirs = (start.get("data") or {}).get("fingerprint"), (self.start.get("data") or {}).get("fingerprint")
+        if ours and theirs and ours != theirs:
+            found.append(f"data fingerprint {ours} here, {theirs} there")
+        if start.get("num_classes") != self.start.get("num_classes"):
+            found.append(f"{start.get('num_classes')} classes here, {self.start.get('num_classes')} there")
+        return found
+
+    def warning(self, start: dict[str, Any] | None) -> str | None:
+        found = self.differences(start)
+        if not found:
+            return None
+        return (f"--compare {self.name} reads other data than this run ({'; '.join(found)}): "
+                "its curves are drawn, but the two are not comparable")
+
+
+def standing(curves: Curves, reference: Reference) -> Standing | None:
+    """This run's validation accuracy against the reference's at the same samples seen: at this
+    run's latest validation, or at the reference's latest if that is earlier (a reference that
+    ended there, or is still on its way); each side read between its validations. None until
+    both validated past the other's first point."""
+    ours, theirs = curves.val_acc, reference.curves.val_acc
+    if not len(ours) or not len(theirs):
+        return None
+    x = min(ours.x[-1], theirs.x[-1])
+    if x < max(ours.x[0], theirs.x[0]):
+        return None
+    ended_before = reference.ended and theirs.x[-1] < ours.x[-1]
+    return Standing(100 * (_at(ours, x) - _at(theirs, x)), x, reference.name, at_its_end=ended_before)
+
+
+def mean_train_loss(curves: Curves) -> Series:
+    """The reference's training loss as one line: the mean over its workers, point by point in
+    samples order (one worker: its own curve)."""
+    points = sorted((x, t, y) for s in curves.train_loss.values() for x, t, y in zip(s.x, s.t, s.y, strict=True))
+    size = max(1, len(curves.train_loss))
+    line = Series()
+    for i in range(0, len(points) - size + 1, size):
+        group = points[i:i + size]
+        line.add(group[-1][1], group[-1][0], sum(y for _, _, y in group) / size)
+    return line
+
+
+def _at(series: Series, x: float) -> float:
+    """The series' value at x, linear between its two neighbouring points."""
+    for i in range(1, len(series)):
+        if series.x[i] >= x:
+            x0, x1, y0, y1 = series.x[i - 1], series.x[i], series.y[i - 1], series.y[i]
+            return y1 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return series.y[-1]
+
+
+def _signed(points: float) -> str:
+    return f"{'+' if points >= 0 else '−'}{abs(points):.1f}"
+
+
+def _count(samples: float) -> str:
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if samples >= div:
+            return f"{samples / div:.3g}{suffix}"
+    return f"{samples:.0f}"
