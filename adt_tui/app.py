@@ -25,7 +25,7 @@ from textual.containers import Grid
 from textual.widgets import DataTable, Footer
 
 from engine.config import ConfigError, RunConfig
-from engine.events import EventTail
+from engine.events import AlertCode, EventTail
 from engine.fingerprint import PROJECT_ROOT, SOURCE_DIRS, source_hash
 from engine.rundir import RunDir
 from engine.sources import job_sources
@@ -33,6 +33,7 @@ from engine.sources import job_sources
 from .charts import AXES, CHARTS, Chart, chart_spec
 from .compare import Reference, standing
 from .controller import BringBack, JobController, Quit, Restart, Then
+from .diagnose import Symptoms, explain
 from .gpustats import GpuStats, GpuUsage
 from .logview import LogView
 from .messages import JobStopped, SourceChanged
@@ -167,6 +168,8 @@ class AdtApp(App[int]):
         self.watcher: SourceWatcher | None = None
         self.tensorboard: TensorBoardWriter | None = None  # --tensorboard: the scalars, live
         self.reference = reference
+        self.symptoms = Symptoms()  # why async lags (said when it trails the reference)
+        self._explained: str | None = None
         self._reference_read = 0.0
         self._reference_warned = False
 
@@ -264,6 +267,7 @@ class AdtApp(App[int]):
     def _open_run(self, run_dir: Path) -> None:
         """Read a run from the start of its events (a new run, or one we attach to)."""
         self.tail = EventTail(RunDir(run_dir).events)
+        self.symptoms, self._explained = Symptoms(), None
         if self.config is not None and self.config.tensorboard:
             if self.tensorboard is not None:
                 self.tensorboard.close()
@@ -316,6 +320,7 @@ class AdtApp(App[int]):
             self._reference_read = now
             self.reference.refresh()  # a reference still running grows
             self._warn_if_not_comparable()
+            self._explain_lag()
         if now - self._last_stats >= STATS_EVERY:
             self._last_stats = now
             self.usage = self.stats.sample(self._live_pids())
@@ -337,6 +342,8 @@ class AdtApp(App[int]):
         while True:
             events = self.tail.poll(max_bytes=INGEST_BYTES)
             self.state.apply_all(events)
+            for e in events:
+                self.symptoms.apply(e)
             if self.tensorboard is not None:
                 self.tensorboard.write_all(events)
             if not events:
@@ -445,6 +452,15 @@ class AdtApp(App[int]):
         warning = self.reference.warning(start)
         if warning:
             self.notify(warning, title="not comparable", severity="warning", timeout=20, markup=False)
+
+    def _explain_lag(self) -> None:
+        """Trailing the reference by more than a few points: an alert naming the likely cause,
+        its evidence and the flag for it (each new cause once)."""
+        why = explain(standing(self.state.curves, self.reference), self.symptoms)  # type: ignore[arg-type]
+        if why is not None and why.cause != self._explained:
+            self.state.apply({"v": 1, "t": self.clock(), "kind": "alert", "level": "warning",
+                              "code": AlertCode.ASYNC_LAGS, "message": why.text})
+        self._explained = why.cause if why else None
 
     def _started_as(self) -> dict[str, object] | None:
         """What this run's run_start said about its data (for the comparison), once it said it."""

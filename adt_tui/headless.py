@@ -20,6 +20,7 @@ from engine.sources import job_sources
 
 from .compare import Reference, Standing, standing
 from .controller import BringBack, JobController
+from .diagnose import Symptoms, explain
 from .launch import prepare_job
 from .series import Curves
 from .stale import StartedSources
@@ -33,6 +34,8 @@ class Printer:
     def __init__(self, out: TextIO, reference: Reference | None = None) -> None:
         self.out = out
         self.reference = reference  # --compare: where this run stands against it
+        self.symptoms = Symptoms()  # why async lags, said when it trails the reference
+        self.explained: str | None = None
         self.tty = out.isatty()
         self.train_samples = 0
         self.epochs = 0
@@ -54,6 +57,7 @@ class Printer:
 
     def event(self, e: dict[str, Any]) -> None:
         self.curves.apply(e)
+        self.symptoms.apply(e)
         kind = e["kind"]
         if kind == "run_start":
             self.train_samples, self.epochs = e["train_samples"], e["config"]["epochs"]
@@ -80,6 +84,10 @@ class Printer:
             self.line(f"validation @ version {e['version']}: loss {_num(e['loss'])}, "
                       f"acc {e['acc']:.2%} ({e['count']} samples, chance {e['chance']:.2%})"
                       + (f"; {versus.text()}" if versus else ""))
+            why = explain(versus, self.symptoms)
+            if why is not None and why.cause != self.explained:  # each new cause once
+                self.line(f"WARNING: {why.text}")
+            self.explained = why.cause if why else None
         elif kind == "epoch_end":
             self.epoch_base = e["samples_seen"]
             self.line(f"epoch {min(e['epoch'] + 1, self.epochs)}/{self.epochs} done at version {e['version']}")

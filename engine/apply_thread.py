@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 class ApplyThread:
     def __init__(self, name: str = "ps-apply") -> None:
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._busy = 0.0  # seconds spent running tasks since the last `busy_seconds()`
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -52,10 +54,18 @@ class ApplyThread:
         """Run fn on the thread and wait for its result."""
         return self.submit(fn).wait()
 
+    def busy_seconds(self) -> float:
+        """Seconds the thread worked (applies, validation, checkpoints) since the last call:
+        near the interval's length, pushes wait in the queue (and grow stale there)."""
+        busy, self._busy = self._busy, 0.0
+        return busy
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
         while (task := self._queue.get()) is not None:
+            start = time.perf_counter()
             task()
+            self._busy += time.perf_counter() - start

@@ -53,6 +53,7 @@ class AlertCode(StrEnum):
     CHECKPOINT_FAILED = "checkpoint_failed"
     STALENESS_HIGH = "staleness_high"
     PROCESS_EXIT = "process_exit"  # the monitors' own, from process_exit events
+    ASYNC_LAGS = "async_lags"  # the monitors' own: behind the --compare reference, and why
 
 
 class ExitCode(IntEnum):

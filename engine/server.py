@@ -366,6 +366,7 @@ class ParameterServer:
                        "hist": {str(k): v for k, v in sorted(hist.items())}},
             dropped=self.dropped, lr=self.lr, rule={"name": self.rule.name, **self.rule.metrics()},
             apply_ms=round(statistics.median(applies), 3) if applies else None,
+            busy=round(min(1.0, self._thread.busy_seconds() / interval), 3),
             live_workers=sum(w.active for w in self.workers.values()),
         )
         if self.config.max_staleness and stale and sum(

@@ -1,0 +1,135 @@
+"""Why async lags: the likely causes a run's own events show, with their evidence and the flag
+that addresses each.
+
+`Symptoms` folds the events (fed in file order, like `Curves`) and `findings()` lists what is
+wrong now; each finding names its evidence in numbers. `explain` speaks only when the run trails
+its `--compare` reference by more than `BEHIND` points at the same samples seen: a healthy run,
+or one ahead of its reference, hears nothing (no crying wolf).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .compare import Standing
+from .series import num
+
+BEHIND = 3.0  # points of validation accuracy behind the reference before the monitor explains
+WINDOW = 6  # reports judged together: one interval (an epoch's validation, a barrier) is noise
+STALE = 2.0  # staleness p95 beyond this many times (+1) the N-1 that N round-robin workers give
+DROPPED = 0.05  # a share of pushes dropped by --max-staleness that costs progress
+BUSY = 0.8  # the PS's apply thread busy this share of the time: pushes queue behind it
+
+
+@dataclass(frozen=True)
+class Finding:
+    cause: str  # staleness, warmup, dropped, ps_busy
+    evidence: str
+    fix: str
+
+    def text(self) -> str:
+        return f"{self.cause.replace('_', ' ')}: {self.evidence}. Try {self.fix}"
+
+
+@dataclass
+class Symptoms:
+    """What the diagnosis reads from the events, folded as they come."""
+
+    workers: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+    warmup_updates: float = 0.0
+    ps: dict[str, Any] | None = None  # the latest ps_metrics
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=WINDOW))  # ps_metrics
+    rule: str = ""
+    train_samples: int = 0
+
+    def apply(self, e: dict[str, Any]) -> None:
+        kind = e.get("kind")
+        if kind == "run_start":
+            self.workers, self.config = int(e.get("workers") or 0), e.get("config") or {}
+            self.warmup_updates = float((e.get("schedule") or {}).get("warmup_updates") or 0)
+            self.rule, self.train_samples = str(e.get("update_rule", "")), int(e.get("train_samples") or 0)
+            self.recent.clear()
+        elif kind == "ps_metrics":
+            self.ps = e
+            self.recent.append(e)
+
+    def _typical(self, read: Any) -> float | None:
+        """The median over the last WINDOW reports of a number each carries; None before the
+        window is full."""
+        values = [v for v in (num(read(e)) for e in self.recent) if v is not None]
+        return statistics.median(values) if len(values) == WINDOW else None
+
+    def findings(self) -> list[Finding]:
+        """Every cause the events show now, most specific first."""
+        if self.ps is None or self.workers < 1:
+            return []
+        return [f for f in (self._dropped(), self._warmup(), self._ps_busy(), self._staleness())
+                if f is not None]
+
+    def _staleness(self) -> Finding | None:
+        p95 = self._typical(lambda e: (e.get("staleness") or {}).get("p95"))
+        top = max(num((e.get("staleness") or {}).get("max")) or 0 for e in self.recent)
+        expected = max(1, self.workers - 1)
+        if p95 is None or p95 <= STALE * expected + 1:
+            return None
+        overlap = " and --overlap adds one more" if self.config.get("overlap") else ""
+        t = p95
+        return Finding("staleness", f"pushes are {p95:g} updates stale at p95 (max {top:g}) with "
+                       f"{self.workers} workers, where round-robin gives {expected}{overlap}; under "
+                       f"{self.rule}, that acts like extra momentum of about {t / (1 + t):.2f}",
+                       "--update-rule lookahead-gap-aware" + (", without --overlap" if overlap else "")
+                       + ", or fewer workers")
+
+    def _warmup(self) -> Finding | None:
+        """A warmup still under way after the first epoch: longer than the default's one epoch,
+        the LR is still below what a reference run trains at by now."""
+        samples = num(self.ps.get("samples_seen")) or 0.0  # type: ignore[union-attr]
+        done = samples / float(self.config.get("batch_size") or 1)
+        if done >= self.warmup_updates or samples <= self.train_samples:
+            return None
+        return Finding("warmup", f"the learning rate is still warming up ({num(self.ps.get('lr')) or 0:.3g} "  # type: ignore[union-attr]
+                       f"of {self.config.get('lr')}: {done:.0f} of {self.warmup_updates:.0f} updates)",
+                       f"a shorter --warmup (now {self.config.get('warmup')})")
+
+    def _dropped(self) -> Finding | None:
+        dropped, version = num(self.ps.get("dropped")) or 0, num(self.ps.get("version")) or 0  # type: ignore[union-attr]
+        if not dropped or dropped < DROPPED * (dropped + version):
+            return None
+        bound = self.config.get("max_staleness")
+        return Finding("dropped", f"{dropped:.0f} of {dropped + version:.0f} pushes were dropped as staler "
+                       f"than --max-staleness {bound}: their samples taught the model nothing",
+                       "a larger --max-staleness (or 0, no bound) with --update-rule lookahead-gap-aware")
+
+    def _ps_busy(self) -> Finding | None:
+        busy = self._typical(lambda e: e.get("busy"))
+        if busy is None or busy < BUSY:
+            return None
+        rate = self._typical(lambda e: e.get("updates_per_s")) or 0.0
+        apply_ms = self._typical(lambda e: e.get("apply_ms") or 0.0) or 0.0
+        return Finding("ps_busy", f"the PS worked {busy:.0%} of the time over the last {WINDOW} reports "
+                       f"({rate * apply_ms / 1000:.0%} applying {rate:g} updates/s, the rest validating, "
+                       "BatchNorm passes and checkpoints): pushes wait in its queue and grow stale there",
+                       "a larger --eval-every, --ps-device cuda (a GPU of its own), --transfer-dtype bf16, "
+                       "or fewer workers")
+
+
+@dataclass(frozen=True)
+class Explanation:
+    cause: str  # the Finding's: a front end says each new cause once
+    text: str
+
+
+def explain(standing: Standing | None, symptoms: Symptoms) -> Explanation | None:
+    """When the run trails its reference by more than BEHIND points: by how much, and the likely
+    cause with its evidence (None otherwise, or when no cause shows)."""
+    if standing is None or standing.points > -BEHIND:
+        return None
+    found = symptoms.findings()
+    if not found:
+        return None
+    return Explanation(found[0].cause, f"{-standing.points:.1f} points behind {standing.reference} at "
+                       f"{standing.samples:,.0f} samples; likely {found[0].text()}")

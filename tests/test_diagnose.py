@@ -1,0 +1,53 @@
+"""Why async lags: each cause the monitor names, on a real run shaped to show it, and none on a
+healthy run (no crying wolf)."""
+
+from __future__ import annotations
+
+import pytest
+
+from adt_tui.compare import Standing
+from adt_tui.diagnose import BEHIND, Symptoms, explain
+from tests.jobs import HeadlessJob
+
+QUICK = ("--loader-workers", "0", "--log-interval", "0.25", "--batch-size", "16")
+SHAPES = {
+    "healthy": ("--workers", "2", "--epochs", "2"),
+    "staleness": ("--workers", "4", "--epochs", "3", "--update-rule", "sgd", "--overlap"),
+    "dropped": ("--workers", "3", "--epochs", "1", "--max-staleness", "1"),
+    "warmup": ("--workers", "2", "--epochs", "2", "--warmup", "20ep"),
+    "ps_busy": ("--workers", "2", "--epochs", "1", "--eval-every", "1", "--max-updates", "40"),
+}
+
+
+def causes_seen(job: HeadlessJob) -> set[str]:
+    """Every cause the fold found at any report of the run."""
+    symptoms, seen = Symptoms(), set()
+    for e in job.events():
+        symptoms.apply(e)
+        if e["kind"] == "ps_metrics":
+            seen |= {f.cause for f in symptoms.findings()}
+    return seen
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_each_cause_shows_on_a_run_shaped_for_it_and_none_on_a_healthy_run(shape, tiny_data, tmp_path):
+    job = HeadlessJob(tmp_path, "--data", str(tiny_data), *SHAPES[shape], *QUICK)
+    assert job.wait(300) == 0, job.context()
+    seen = causes_seen(job)
+    assert seen == (set() if shape == "healthy" else {shape}), seen
+
+
+def test_explain_speaks_only_when_the_run_trails_its_reference():
+    symptoms = Symptoms()
+    symptoms.apply({"kind": "run_start", "workers": 3, "config": {"max_staleness": 1, "batch_size": 16},
+                    "schedule": {"warmup_updates": 0}, "update_rule": "lookahead", "train_samples": 1200})
+    symptoms.apply({"kind": "ps_metrics", "version": 30, "dropped": 10, "samples_seen": 480,
+                    "staleness": {"p50": 1, "p95": 2, "max": 3}, "lr": 0.05, "busy": 0.1})
+    assert [f.cause for f in symptoms.findings()] == ["dropped"]
+    assert explain(Standing(-(BEHIND - 0.5), 480, "ref"), symptoms) is None  # within a few points
+    assert explain(Standing(+4.0, 480, "ref"), symptoms) is None  # ahead
+    assert explain(None, symptoms) is None  # nothing to compare with yet
+    why = explain(Standing(-5.2, 480, "ref"), symptoms)
+    assert why is not None and why.cause == "dropped"
+    assert why.text.startswith("5.2 points behind ref at 480 samples; likely dropped: 10 of 40 pushes")
+    assert "--max-staleness" in why.text
