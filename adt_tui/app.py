@@ -31,9 +31,8 @@ from engine.rundir import RunDir
 from engine.sources import job_sources
 
 from .charts import AXES, CHARTS, Chart, chart_spec
-from .compare import Reference, standing
+from .compare import Comparison, Reference
 from .controller import BringBack, JobController, Quit, Restart, Then
-from .diagnose import Symptoms, explain
 from .gpustats import GpuStats, GpuUsage
 from .logview import LogView
 from .messages import JobStopped, SourceChanged
@@ -119,14 +118,14 @@ class AdtApp(App[int]):
                  source_dirs: Iterable[str | Path] | None = None,
                  restart_on_change: bool = False, clock: Callable[[], float] = time.time,
                  python: str | None = None, gpu: GpuStats | None = None,
-                 reference: Reference | None = None) -> None:
+                 comparison: Comparison | None = None) -> None:
         """Give `config` to start and own a job, or `run_dir` to watch an existing one.
 
         `source_dirs` replaces adt's own source directories among the watched paths (tests watch a
         temp dir; the job's model, config file and --watch paths join them);
         `clock` is the wall clock for elapsed time (frozen in snapshots);
         `gpu` replaces the NVML sampler (tests pass one without NVML, or a fake);
-        `reference` is the --compare run, drawn beside this one.
+        `comparison` is --compare: a reference run drawn beside this one.
         """
         super().__init__()
         if (config is None) == (run_dir is None):
@@ -167,11 +166,8 @@ class AdtApp(App[int]):
         self._catching_up = False
         self.watcher: SourceWatcher | None = None
         self.tensorboard: TensorBoardWriter | None = None  # --tensorboard: the scalars, live
-        self.reference = reference
-        self.symptoms = Symptoms()  # why async lags (said when it trails the reference)
-        self._explained: str | None = None
+        self.comparison = comparison
         self._reference_read = 0.0
-        self._reference_warned = False
 
     # --- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -267,7 +263,6 @@ class AdtApp(App[int]):
     def _open_run(self, run_dir: Path) -> None:
         """Read a run from the start of its events (a new run, or one we attach to)."""
         self.tail = EventTail(RunDir(run_dir).events)
-        self.symptoms, self._explained = Symptoms(), None
         if self.config is not None and self.config.tensorboard:
             if self.tensorboard is not None:
                 self.tensorboard.close()
@@ -316,11 +311,9 @@ class AdtApp(App[int]):
         if due is not None:
             self._bring_back(due, automatic=True)
         now = time.monotonic()
-        if self.reference is not None and now - self._reference_read >= STATS_EVERY:
+        if self.comparison is not None and now - self._reference_read >= STATS_EVERY:
             self._reference_read = now
-            self.reference.refresh()  # a reference still running grows
-            self._warn_if_not_comparable()
-            self._explain_lag()
+            self._compare(self.comparison)
         if now - self._last_stats >= STATS_EVERY:
             self._last_stats = now
             self.usage = self.stats.sample(self._live_pids())
@@ -342,8 +335,8 @@ class AdtApp(App[int]):
         while True:
             events = self.tail.poll(max_bytes=INGEST_BYTES)
             self.state.apply_all(events)
-            for e in events:
-                self.symptoms.apply(e)
+            for e in events if self.comparison is not None else ():
+                self.comparison.apply(e)  # type: ignore[union-attr]
             if self.tensorboard is not None:
                 self.tensorboard.write_all(events)
             if not events:
@@ -390,7 +383,9 @@ class AdtApp(App[int]):
         """Redraw from the state; cheap when nothing changed (only the clock moves)."""
         info = HeaderInfo(self.job_state(), self.job_fingerprint,
                           self.now_fingerprint if self.stale_paths else None,
-                          read_only=not self.owned, versus=self.versus())
+                          read_only=not self.owned,
+                          versus=self.comparison.header(self.state.curves, self._started_as())
+                          if self.comparison else None)
         self.header.show(header_text(self.state, info, self.clock()))
         self.draw_charts()
         if self._drawn == self.state.events:
@@ -429,7 +424,7 @@ class AdtApp(App[int]):
         shown = [chart for chart in self.charts.values() if chart.display]
         turn = self._chart_turn % max(1, len(shown))
         for chart in shown[turn:] + shown[:turn]:
-            ghost = (self.reference.name, self.reference.curves) if self.reference else None
+            ghost = self.comparison.ghost if self.comparison else None
             key = (self.state.curves.changes, ghost[1].changes if ghost else 0, self.axis,
                    chart.size.width, chart.size.height)
             first = chart.drawn_key is None
@@ -443,38 +438,23 @@ class AdtApp(App[int]):
             if not (force or first):
                 return
 
-    def _warn_if_not_comparable(self) -> None:
-        """Once both runs have started: a reference of other data is drawn, but said to be so."""
-        start = self._started_as()
-        if self._reference_warned or start is None or self.reference is None:
-            return
-        self._reference_warned = True
-        warning = self.reference.warning(start)
+    def _compare(self, comparison: Comparison) -> None:
+        """Read the reference again (it may still run); say once if it is not comparable, and
+        each new cause of this run trailing it (an alert: the banner and a notification)."""
+        comparison.refresh()
+        warning = comparison.not_comparable(self._started_as())
         if warning:
             self.notify(warning, title="not comparable", severity="warning", timeout=20, markup=False)
-
-    def _explain_lag(self) -> None:
-        """Trailing the reference by more than a few points: an alert naming the likely cause,
-        its evidence and the flag for it (each new cause once)."""
-        why = explain(standing(self.state.curves, self.reference), self.symptoms)  # type: ignore[arg-type]
-        if why is not None and why.cause != self._explained:
+        lag = comparison.new_lag(self.state.curves)
+        if lag:
             self.state.apply({"v": 1, "t": self.clock(), "kind": "alert", "level": "warning",
-                              "code": AlertCode.ASYNC_LAGS, "message": why.text})
-        self._explained = why.cause if why else None
+                              "code": AlertCode.ASYNC_LAGS, "message": lag})
 
     def _started_as(self) -> dict[str, object] | None:
         """What this run's run_start said about its data (for the comparison), once it said it."""
         if not self.state.starts:
             return None
         return {"data": self.state.data, "num_classes": self.state.num_classes}
-
-    def versus(self) -> str | None:
-        """The header's "−2.1 pts vs REF @240k" (--compare)."""
-        if self.reference is None:
-            return None
-        found = standing(self.state.curves, self.reference)
-        flag = " (other data)" if self.reference.differences(self._started_as()) else ""
-        return (found.short() if found else f"vs {self.reference.name}") + flag
 
     def _draw_detail(self) -> None:
         self.detail.show(detail_text(self.state, self.table.selected, self.usage, self.gpus))
@@ -722,8 +702,8 @@ def run_monitor(config: RunConfig, restart_on_change: bool = False) -> int:
     from .launch import prepare_job
 
     prepare_job(config)  # bad data or config fails here, in plain text, before the screen opens
-    reference = Reference(config.compare, config.runs_dir) if config.compare else None
-    app = AdtApp(config, restart_on_change=restart_on_change, reference=reference)
+    comparison = Comparison(Reference(config.compare, config.runs_dir)) if config.compare else None
+    app = AdtApp(config, restart_on_change=restart_on_change, comparison=comparison)
     code = app.run()
     return _after(app, code)
 
@@ -735,8 +715,8 @@ def watch_run(run_dir: str | Path, compare: str = "") -> int:
         print(f"adt watch: {run_dir} is not a run directory (no config.json). "
               "Fix: pass runs/<run-id>, e.g. the last one in `ls runs/`.")
         return 2
-    reference = Reference(compare, run_dir.resolve().parent) if compare else None
-    app = AdtApp(run_dir=run_dir, reference=reference)
+    comparison = Comparison(Reference(compare, run_dir.resolve().parent)) if compare else None
+    app = AdtApp(run_dir=run_dir, comparison=comparison)
     return _after(app, app.run())
 
 

@@ -18,6 +18,7 @@ from engine.errors import ConfigError
 from engine.events import EventTail
 from engine.rundir import RunDir
 
+from .diagnose import Symptoms, explain
 from .history import find_run
 from .series import Curves, Series
 
@@ -86,6 +87,52 @@ class Reference:
             return None
         return (f"--compare {self.name} reads other data than this run ({'; '.join(found)}): "
                 "its curves are drawn, but the two are not comparable")
+
+
+class Comparison:
+    """--compare as a front end uses it: the reference's ghost curves, where this run stands,
+    whether the two are comparable (said once) and why this run lags (each new cause once)."""
+
+    def __init__(self, reference: Reference) -> None:
+        self.reference = reference
+        self.symptoms = Symptoms()  # this run's, folded from its events
+        self._cause: str | None = None
+        self._checked = False
+
+    def apply(self, e: dict[str, Any]) -> None:
+        """Fold one of this run's events in."""
+        self.symptoms.apply(e)
+
+    def refresh(self) -> bool:
+        return self.reference.refresh()
+
+    @property
+    def ghost(self) -> tuple[str, Curves]:
+        return self.reference.name, self.reference.curves
+
+    def standing(self, curves: Curves) -> Standing | None:
+        return standing(curves, self.reference)
+
+    def header(self, curves: Curves, start: dict[str, Any] | None) -> str:
+        """"−2.1 pts vs REF @240k", flagged when the data differ."""
+        found = self.standing(curves)
+        flag = " (other data)" if self.reference.differences(start) else ""
+        return (found.short() if found else f"vs {self.reference.name}") + flag
+
+    def not_comparable(self, start: dict[str, Any] | None) -> str | None:
+        """The warning about other data, once, as soon as this run has started."""
+        if self._checked or start is None:
+            return None
+        self._checked = True
+        return self.reference.warning(start)
+
+    def new_lag(self, curves: Curves) -> str | None:
+        """Trailing the reference by more than a few points: the likely cause with its evidence
+        and the flag for it, when that cause is new."""
+        why = explain(self.standing(curves), self.symptoms)
+        said = why.text if why is not None and why.cause != self._cause else None
+        self._cause = why.cause if why else None
+        return said
 
 
 def standing(curves: Curves, reference: Reference) -> Standing | None:

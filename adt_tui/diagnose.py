@@ -12,10 +12,12 @@ from __future__ import annotations
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .compare import Standing
 from .series import num
+
+if TYPE_CHECKING:  # compare.py drives this module; it only hands a Standing in
+    from .compare import Standing
 
 BEHIND = 3.0  # points of validation accuracy behind the reference before the monitor explains
 WINDOW = 6  # reports judged together: one interval (an epoch's validation, a barrier) is noise

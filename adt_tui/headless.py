@@ -18,9 +18,8 @@ from engine.events import EventTail
 from engine.rundir import RunDir
 from engine.sources import job_sources
 
-from .compare import Reference, Standing, standing
+from .compare import Comparison, Reference, Standing
 from .controller import BringBack, JobController
-from .diagnose import Symptoms, explain
 from .launch import prepare_job
 from .series import Curves
 from .stale import StartedSources
@@ -31,11 +30,9 @@ from .watcher import SourceWatcher
 class Printer:
     """Turns events into human lines; a progress bar per epoch when the output is a terminal."""
 
-    def __init__(self, out: TextIO, reference: Reference | None = None) -> None:
+    def __init__(self, out: TextIO, comparison: Comparison | None = None) -> None:
         self.out = out
-        self.reference = reference  # --compare: where this run stands against it
-        self.symptoms = Symptoms()  # why async lags, said when it trails the reference
-        self.explained: str | None = None
+        self.comparison = comparison  # --compare: where this run stands against a reference
         self.tty = out.isatty()
         self.train_samples = 0
         self.epochs = 0
@@ -57,7 +54,8 @@ class Printer:
 
     def event(self, e: dict[str, Any]) -> None:
         self.curves.apply(e)
-        self.symptoms.apply(e)
+        if self.comparison is not None:
+            self.comparison.apply(e)
         kind = e["kind"]
         if kind == "run_start":
             self.train_samples, self.epochs = e["train_samples"], e["config"]["epochs"]
@@ -68,9 +66,9 @@ class Printer:
             self.line(f"  train data: {_span(e['data']['train'])}")
             self.line(f"  val data:   {_span(e['data']['val'])}")
             self.line(f"  checkpoints: {e['checkpoint_dir']}")
-            if self.reference is not None:
-                self.line(f"  compared with: {self.reference.run_dir}")
-                warning = self.reference.warning(e)
+            if self.comparison is not None:
+                self.line(f"  compared with: {self.comparison.reference.run_dir}")
+                warning = self.comparison.not_comparable(e)
                 if warning:
                     self.line(f"WARNING: {warning}")
         elif kind == "worker_join":
@@ -84,10 +82,9 @@ class Printer:
             self.line(f"validation @ version {e['version']}: loss {_num(e['loss'])}, "
                       f"acc {e['acc']:.2%} ({e['count']} samples, chance {e['chance']:.2%})"
                       + (f"; {versus.text()}" if versus else ""))
-            why = explain(versus, self.symptoms)
-            if why is not None and why.cause != self.explained:  # each new cause once
-                self.line(f"WARNING: {why.text}")
-            self.explained = why.cause if why else None
+            lag = self.comparison.new_lag(self.curves) if self.comparison else None
+            if lag:
+                self.line(f"WARNING: {lag}")
         elif kind == "epoch_end":
             self.epoch_base = e["samples_seen"]
             self.line(f"epoch {min(e['epoch'] + 1, self.epochs)}/{self.epochs} done at version {e['version']}")
@@ -110,10 +107,10 @@ class Printer:
                 self.line(f"against the reference: {versus.text()}")
 
     def _versus(self) -> Standing | None:
-        if self.reference is None:
+        if self.comparison is None:
             return None
-        self.reference.refresh()  # a reference still running has grown
-        return standing(self.curves, self.reference)
+        self.comparison.refresh()  # a reference still running has grown
+        return self.comparison.standing(self.curves)
 
     def _progress(self, e: dict[str, Any]) -> None:
         if e["epoch"] >= self.epochs:  # after the last epoch's end: nothing left to count
@@ -125,7 +122,7 @@ class Printer:
         text = (f"epoch {e['epoch'] + 1}/{self.epochs} {min(done, total)}/{total} | version {e['version']} "
                 f"| {e['updates_per_s']:.1f} upd/s | staleness p50 {p50} max {stale['max']} "
                 f"(last {self.interval:g}s) | dropped {e['dropped']}")
-        versus = standing(self.curves, self.reference) if self.reference else None
+        versus = self.comparison.standing(self.curves) if self.comparison else None
         if versus:
             text += f" | {versus.short()}"
         if self.tty:
@@ -224,7 +221,7 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
     # A resumed run appends to its old events: print (and judge the outcome by) this start's only.
     offset = events_path.stat().st_size if events_path.exists() else 0
     stale = StaleCodeWarner(job_sources(config), config.config_file)
-    printer = Printer(out, Reference(config.compare, config.runs_dir) if config.compare else None)
+    printer = Printer(out, Comparison(Reference(config.compare, config.runs_dir)) if config.compare else None)
     tail = EventTail(events_path, offset)
     tensorboard = TensorBoardWriter(config.tensorboard, config.run_id) if config.tensorboard else None
     interrupted = False

@@ -13,7 +13,7 @@ import pytest
 
 from adt_tui.app import AdtApp
 from adt_tui.charts import chart_spec
-from adt_tui.compare import Reference, standing
+from adt_tui.compare import Comparison, Reference, standing
 from adt_tui.gpustats import GpuStats
 from adt_tui.headless import Printer
 from adt_tui.series import Curves
@@ -109,7 +109,7 @@ def test_no_such_reference_is_a_config_error_naming_compare(tmp_path):
 
 def test_headless_lines_say_where_the_run_stands():
     out = io.StringIO()
-    printer = Printer(out, Reference(str(FIXTURES / "single")))
+    printer = Printer(out, Comparison(Reference(str(FIXTURES / "single"))))
     for e in events("async"):
         printer.event(e)
     lines = out.getvalue().splitlines()
@@ -121,5 +121,5 @@ def test_headless_lines_say_where_the_run_stands():
 def test_monitor_with_a_ghost_line(snap_compare):
     end = 1796099600.0
     app = AdtApp(run_dir=FIXTURES / "async", clock=lambda: end, gpu=GpuStats(load=False),
-                 reference=Reference(str(FIXTURES / "single")))
+                 comparison=Comparison(Reference(str(FIXTURES / "single"))))
     assert snap_compare(app, terminal_size=(160, 48))
