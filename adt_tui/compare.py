@@ -2,8 +2,9 @@
 
 The reference is any run (finished, or still running: it is read again as it grows) given by id
 or path. Its events are folded by the same `Curves` as this run's, so both share the x axes
-(samples seen, wall time since the start). `standing` says, at this run's latest validation, how
-many points of accuracy it is ahead of or behind the reference at the same samples seen. A
+(samples seen, wall time since the start). `standing` says how many points of validation
+accuracy this run is ahead of or behind the reference at the same samples seen (the latest both
+have reached). A
 reference with other data or another class count is still drawn, with a warning naming the
 difference: comparing those silently is how a 0.5% run once looked like a 21% one.
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,7 +200,8 @@ class JobController:
         writer.close()
 
 
-def _holding_signals(start):
+def _holding_signals(start: Callable[[], Path]) -> Path:
+    """Run `start` with Ctrl+C and SIGTERM held; one that came meanwhile is raised after it."""
     held: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
