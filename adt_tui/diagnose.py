@@ -21,14 +21,15 @@ if TYPE_CHECKING:  # compare.py drives this module; it only hands a Standing in
 
 BEHIND = 3.0  # points of validation accuracy behind the reference before the monitor explains
 WINDOW = 6  # reports judged together: one interval (an epoch's validation, a barrier) is noise
-STALE = 2.0  # staleness p95 beyond this many times (+1) the N-1 that N round-robin workers give
+STALE = 1.5  # staleness p95 beyond this many times (+1) the N-1 that N round-robin workers give
 DROPPED = 0.05  # a share of pushes dropped by --max-staleness that costs progress
 BUSY = 0.8  # the PS's apply thread busy this share of the time: pushes queue behind it
+WAITED = 0.5  # workers waiting this share of an epoch at its barrier for the last one: it is slow
 
 
 @dataclass(frozen=True)
 class Finding:
-    cause: str  # staleness, warmup, dropped, ps_busy
+    cause: str  # staleness, warmup, dropped, slow_worker, ps_busy
     evidence: str
     fix: str
 
@@ -44,6 +45,7 @@ class Symptoms:
     config: dict[str, Any] = field(default_factory=dict)
     warmup_updates: float = 0.0
     ps: dict[str, Any] | None = None  # the latest ps_metrics
+    epoch_ends: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=2))  # the latest
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=WINDOW))  # ps_metrics
     rule: str = ""
     train_samples: int = 0
@@ -55,9 +57,12 @@ class Symptoms:
             self.warmup_updates = float((e.get("schedule") or {}).get("warmup_updates") or 0)
             self.rule, self.train_samples = str(e.get("update_rule", "")), int(e.get("train_samples") or 0)
             self.recent.clear()
+            self.epoch_ends.clear()
         elif kind == "ps_metrics":
             self.ps = e
             self.recent.append(e)
+        elif kind == "epoch_end":
+            self.epoch_ends.append(e)
 
     def _typical(self, read: Any) -> float | None:
         """The median over the last WINDOW reports of a number each carries; None before the
@@ -69,8 +74,8 @@ class Symptoms:
         """Every cause the events show now, most specific first."""
         if self.ps is None or self.workers < 1:
             return []
-        return [f for f in (self._dropped(), self._warmup(), self._ps_busy(), self._staleness())
-                if f is not None]
+        return [f for f in (self._dropped(), self._warmup(), self._slow_worker(), self._ps_busy(),
+                            self._staleness()) if f is not None]
 
     def _staleness(self) -> Finding | None:
         p95 = self._typical(lambda e: (e.get("staleness") or {}).get("p95"))
@@ -106,6 +111,19 @@ class Symptoms:
                        f"than --max-staleness {bound}: their samples taught the model nothing",
                        "a larger --max-staleness (or 0, no bound) with --update-rule lookahead-gap-aware")
 
+    def _slow_worker(self) -> Finding | None:
+        """At the last two epochs' barriers the others waited most of each epoch for the same
+        worker (a busy host delays one worker now and another then; a slow one, always)."""
+        found = [waited for waited in map(_waited_for, self.epoch_ends) if waited is not None]
+        if len(found) < 2 or found[0][0] != found[1][0]:
+            return None
+        slowest, longest, seconds = found[-1]
+        e = self.epoch_ends[-1]
+        return Finding("slow_worker", f"at the end of epoch {e.get('epoch', 0) + 1} the other workers waited up "
+                       f"to {longest:.1f} s of its {seconds:.1f} s for worker {slowest}: its pushes come "
+                       "rarely and stale", "--mps if workers share a GPU, even shards (adt data prepare "
+                       "--workers N), or a look at that worker's host and log")
+
     def _ps_busy(self) -> Finding | None:
         busy = self._typical(lambda e: e.get("busy"))
         if busy is None or busy < BUSY:
@@ -123,6 +141,15 @@ class Symptoms:
 class Explanation:
     cause: str  # the Finding's: a front end says each new cause once
     text: str
+
+
+def _waited_for(e: dict[str, Any]) -> tuple[int, float, float] | None:
+    """(the worker the others waited for, their longest wait, the epoch's seconds) when they
+    waited WAITED of the epoch or more."""
+    waits, seconds = {int(w): float(s) for w, s in (e.get("waits") or {}).items()}, num(e.get("seconds"))
+    if len(waits) < 2 or not seconds or max(waits.values()) < WAITED * seconds:
+        return None
+    return min(waits, key=waits.__getitem__), max(waits.values()), seconds
 
 
 def explain(standing: Standing | None, symptoms: Symptoms) -> Explanation | None:

@@ -73,6 +73,8 @@ class ParameterServer:
         self.outcome: str | None = None  # set when the run should end: finished/stopped/diverged
         self.stop_requested = threading.Event()
         self._barrier: list[tuple[int, torch.futures.Future]] = []
+        self._arrived: dict[int, float] = {}  # when each worker reached this epoch's barrier
+        self._epoch_began: float | None = None  # the first join, then each barrier's release
         self._barrier_params = not single  # the single process trains the PS's own model
         self._interval: dict[str, list[float]] = {"staleness": [], "apply_ms": []}
         self._interval_updates = 0
@@ -140,6 +142,8 @@ class ParameterServer:
             self.workers[worker] = WorkerState(pid=info["pid"], host=info["host"], left=True)
             self._after_worker_gone()
             return {"version": self.version, "epoch": self.epoch, "params": None, "stop": True, "lr": self.lr}
+        if self._epoch_began is None:
+            self._epoch_began = time.monotonic()  # training starts with the first worker
         self.workers[worker] = WorkerState(pid=info["pid"], host=info["host"],
                                            on_gpu=self.device.type == "cuda" and
                                            str(info.get("device", "")).startswith("cuda"))
@@ -216,6 +220,7 @@ class ParameterServer:
 
     def _epoch_done(self, worker: int, epoch: int, future: torch.futures.Future) -> None:
         self.workers[worker].epoch_done = epoch
+        self._arrived[worker] = time.monotonic()
         self.members.answered(self.workers[worker])  # it now waits at the barrier: never silent there
         self._barrier.append((worker, future))
         self._check_barrier()
@@ -234,11 +239,17 @@ class ParameterServer:
             self.workers[worker].last_seen = now  # its silence counts from its release
             future.set_result(self._reply(worker, self._barrier_params))
         self._barrier = []
+        self._epoch_began = time.monotonic()
 
     def _end_epoch(self) -> None:
-        finished = self.epoch
+        finished, now = self.epoch, time.monotonic()
         self.epoch += 1
-        self.events.emit("epoch_end", epoch=finished, version=self.version, samples_seen=self.samples_seen)
+        # How long each worker waited at the barrier for the last one: a slow worker shows here.
+        waits = {str(w): round(now - t, 2) for w, t in sorted(self._arrived.items())}
+        seconds = round(now - self._epoch_began, 2) if self._epoch_began is not None else None
+        self._arrived = {}
+        self.events.emit("epoch_end", epoch=finished, version=self.version, samples_seen=self.samples_seen,
+                         seconds=seconds, waits=waits)
         result = self._validate()
         best = result is not None and (self.best_val_acc is None or result["acc"] >= self.best_val_acc)
         if best:

@@ -3,11 +3,15 @@ healthy run (no crying wolf)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+
 import pytest
 
 from adt_tui.compare import Standing
 from adt_tui.diagnose import BEHIND, Symptoms, explain
-from tests.jobs import HeadlessJob
+from tests.jobs import HeadlessJob, wait_for
 
 QUICK = ("--loader-workers", "0", "--log-interval", "0.25", "--batch-size", "16")
 SHAPES = {
@@ -16,7 +20,20 @@ SHAPES = {
     "dropped": ("--workers", "3", "--epochs", "1", "--max-staleness", "1"),
     "warmup": ("--workers", "2", "--epochs", "2", "--warmup", "20ep"),
     "ps_busy": ("--workers", "2", "--epochs", "1", "--eval-every", "1", "--max-updates", "40"),
+    "slow_worker": ("--workers", "2", "--epochs", "2"),  # worker 1 runs a twentieth of the time
 }
+
+
+def throttle(pid: int, done: threading.Event) -> None:
+    """Stop a process 19 twentieths of the time, as a GPU shared without MPS or a busy host would."""
+    while not done.is_set():
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            done.wait(0.95)
+            os.kill(pid, signal.SIGCONT)
+            done.wait(0.05)
+        except ProcessLookupError:
+            return
 
 
 def causes_seen(job: HeadlessJob) -> set[str]:
@@ -32,7 +49,14 @@ def causes_seen(job: HeadlessJob) -> set[str]:
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_each_cause_shows_on_a_run_shaped_for_it_and_none_on_a_healthy_run(shape, tiny_data, tmp_path):
     job = HeadlessJob(tmp_path, "--data", str(tiny_data), *SHAPES[shape], *QUICK)
-    assert job.wait(300) == 0, job.context()
+    done = threading.Event()
+    if shape == "slow_worker":
+        wait_for("the workers to join", lambda: len(job.events("worker_join")) == 2, 120, job.context)
+        threading.Thread(target=throttle, args=(job.pids()["worker1"], done), daemon=True).start()
+    try:
+        assert job.wait(300) == 0, job.context()
+    finally:
+        done.set()
     seen = causes_seen(job)
     assert seen == (set() if shape == "healthy" else {shape}), seen
 
