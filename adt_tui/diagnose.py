@@ -84,10 +84,10 @@ class Symptoms:
         if p95 is None or p95 <= STALE * expected + 1:
             return None
         overlap = " and --overlap adds one more" if self.config.get("overlap") else ""
-        t = p95
+        # Asynchrony with staleness t acts like momentum t/(1+t) (Mitliagkas et al. 2016).
         return Finding("staleness", f"pushes are {p95:g} updates stale at p95 (max {top:g}) with "
                        f"{self.workers} workers, where round-robin gives {expected}{overlap}; under "
-                       f"{self.rule}, that acts like extra momentum of about {t / (1 + t):.2f}",
+                       f"{self.rule}, that acts like extra momentum of about {p95 / (1 + p95):.2f}",
                        "--update-rule lookahead-gap-aware" + (", without --overlap" if overlap else "")
                        + ", or fewer workers")
 
