@@ -123,3 +123,16 @@ def test_monitor_with_a_ghost_line(snap_compare):
     app = AdtApp(run_dir=FIXTURES / "async", clock=lambda: end, gpu=GpuStats(load=False),
                  comparison=Comparison(Reference(str(FIXTURES / "single"))))
     assert snap_compare(app, terminal_size=(160, 48))
+
+
+def test_a_missing_reference_stops_adt_run_before_training_with_exit_2(tiny_data, tmp_path):
+    import subprocess
+
+    from tests.conftest import adt_command, child_env
+
+    done = subprocess.run(adt_command("run", "--no-ui", "--data", str(tiny_data), "--runs-dir",
+                                      str(tmp_path / "runs"), "--compare", "nosuch"),
+                          capture_output=True, text=True, env=child_env(), timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "'compare' names 'nosuch'" in done.stderr and "Fix:" in done.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing started
