@@ -25,6 +25,7 @@ STALE = 1.5  # staleness p95 beyond this many times (+1) the N-1 that N round-ro
 DROPPED = 0.05  # a share of pushes dropped by --max-staleness that costs progress
 BUSY = 0.8  # the PS's apply thread busy this share of the time: pushes queue behind it
 WAITED = 0.5  # workers waiting this share of an epoch at its barrier for the last one: it is slow
+WAITED_S = 1.0  # ... and this many seconds: below it, scheduler jitter on a busy host, not a slow worker
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,9 @@ class Symptoms:
 
     def _slow_worker(self) -> Finding | None:
         """At the last two epochs' barriers the others waited most of each epoch for the same
-        worker (a busy host delays one worker now and another then; a slow one, always)."""
+        worker (a busy host delays one worker now and another then; a slow one, always). The
+        first epoch is not judged: it counts from the first worker's join, so a late start shows
+        there as slowness."""
         found = [waited for waited in map(_waited_for, self.epoch_ends) if waited is not None]
         if len(found) < 2 or found[0][0] != found[1][0]:
             return None
@@ -145,9 +148,9 @@ class Explanation:
 
 def _waited_for(e: dict[str, Any]) -> tuple[int, float, float] | None:
     """(the worker the others waited for, their longest wait, the epoch's seconds) when they
-    waited WAITED of the epoch or more."""
+    waited WAITED of an epoch after the first, and WAITED_S, or more."""
     waits, seconds = {int(w): float(s) for w, s in (e.get("waits") or {}).items()}, num(e.get("seconds"))
-    if len(waits) < 2 or not seconds or max(waits.values()) < WAITED * seconds:
+    if not e.get("epoch") or len(waits) < 2 or not seconds or max(waits.values()) < max(WAITED * seconds, WAITED_S):
         return None
     return min(waits, key=waits.__getitem__), max(waits.values()), seconds
 

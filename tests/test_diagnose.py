@@ -20,7 +20,7 @@ SHAPES = {
     "dropped": ("--workers", "3", "--epochs", "1", "--max-staleness", "1"),
     "warmup": ("--workers", "2", "--epochs", "2", "--warmup", "20ep"),
     "ps_busy": ("--workers", "2", "--epochs", "1", "--eval-every", "1", "--max-updates", "40"),
-    "slow_worker": ("--workers", "2", "--epochs", "2"),  # worker 1 runs a twentieth of the time
+    "slow_worker": ("--workers", "2", "--epochs", "3"),  # worker 1 runs a twentieth of the time
 }
 
 
