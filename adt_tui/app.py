@@ -25,7 +25,7 @@ from textual.containers import Grid
 from textual.widgets import DataTable, Footer
 
 from engine.config import ConfigError, RunConfig
-from engine.events import AlertCode, EventTail
+from engine.events import AlertCode
 from engine.fingerprint import PROJECT_ROOT, SOURCE_DIRS, source_hash
 from engine.rundir import RunDir
 from engine.sources import job_sources
@@ -33,6 +33,7 @@ from engine.sources import job_sources
 from .charts import AXES, CHARTS, Chart, chart_spec
 from .compare import Comparison, Reference
 from .controller import BringBack, JobController, Quit, Restart, Then
+from .feed import RunFeed
 from .gpustats import GpuStats, GpuUsage
 from .logview import LogView
 from .messages import JobStopped, SourceChanged
@@ -51,12 +52,10 @@ from .screens import Choice, ChoiceScreen, DetailScreen, HelpScreen, confirm
 from .stale import StartedSources
 from .state import RunState
 from .supervisor import Child, Supervisor
-from .tensorboard import TensorBoardWriter
 from .watcher import SourceWatcher
 
 TICK = 0.25  # seconds between redraws: fast enough to feel live, slow enough to stay cheap
 INGEST_BUDGET = 0.03  # seconds of event parsing per slice, so a backlog never freezes the screen
-INGEST_BYTES = 64 * 1024
 STATS_EVERY = 1.0  # psutil sampling interval (cpu_percent needs a span to measure over)
 # Seconds between redraws of one chart (a plot costs tens of ms, a table update almost nothing):
 # the big charts, the small ones, and any while reading a backlog (each redraw stalls the screen).
@@ -125,7 +124,8 @@ class AdtApp(App[int]):
         temp dir; the job's model, config file and --watch paths join them);
         `clock` is the wall clock for elapsed time (frozen in snapshots);
         `gpu` replaces the NVML sampler (tests pass one without NVML, or a fake);
-        `comparison` is --compare: a reference run drawn beside this one.
+        `comparison` is --compare: a reference run drawn beside this one (without one, what one
+        process reaches on this run's data and settings, when the benchmarks hold it).
         """
         super().__init__()
         if (config is None) == (run_dir is None):
@@ -137,8 +137,7 @@ class AdtApp(App[int]):
         self.clock = clock
         self.python = python
         self.job = JobController.attach(run_dir) if run_dir else JobController(python=python or sys.executable)
-        self.state = RunState()
-        self.tail: EventTail | None = None
+        self.feed: RunFeed | None = None  # the current run's events, folded (adt_tui/feed.py)
         self.stats = ProcStats()
         self.usage: dict[int, Usage] = {}
         self.gpu = gpu if gpu is not None else GpuStats()
@@ -165,8 +164,7 @@ class AdtApp(App[int]):
         self._backlog = False
         self._catching_up = False
         self.watcher: SourceWatcher | None = None
-        self.tensorboard: TensorBoardWriter | None = None  # --tensorboard: the scalars, live
-        self.comparison = comparison
+        self.comparison = comparison or Comparison()  # without --compare: against one process, if known
         self._reference_read = 0.0
 
     # --- layout -------------------------------------------------------------------------------
@@ -211,6 +209,11 @@ class AdtApp(App[int]):
         return self.job.owned
 
     @property
+    def state(self) -> RunState:
+        """What the current run's events said (nothing yet before one is open)."""
+        return self.feed.state if self.feed is not None else RunState()
+
+    @property
     def run_dir(self) -> Path | None:
         return self.job.run_dir if self.job.supervisor else None
 
@@ -248,7 +251,7 @@ class AdtApp(App[int]):
     def _started(self, run_dir: Path) -> None:
         self.stopping = False
         self._reported_exits = set()
-        if self.tail is None or self.tail.path != RunDir(run_dir).events:
+        if self.feed is None or self.feed.path != RunDir(run_dir).events:
             self._open_run(run_dir)
         self._start_watcher()
 
@@ -262,12 +265,9 @@ class AdtApp(App[int]):
 
     def _open_run(self, run_dir: Path) -> None:
         """Read a run from the start of its events (a new run, or one we attach to)."""
-        self.tail = EventTail(RunDir(run_dir).events)
-        if self.config is not None and self.config.tensorboard:
-            if self.tensorboard is not None:
-                self.tensorboard.close()
-            self.tensorboard = TensorBoardWriter(self.config.tensorboard, run_dir.name)
-        self.state = RunState()
+        if self.feed is not None:
+            self.feed.close()
+        self.feed = RunFeed(run_dir, self.comparison, self.config.tensorboard if self.config else "")
         self._alerts_seen, self._drawn = 0, -1
         self._catching_up = True  # the tick reads the past in slices; its alerts go to the bar only
 
@@ -311,7 +311,7 @@ class AdtApp(App[int]):
         if due is not None:
             self._bring_back(due, automatic=True)
         now = time.monotonic()
-        if self.comparison is not None and now - self._reference_read >= STATS_EVERY:
+        if now - self._reference_read >= STATS_EVERY:
             self._reference_read = now
             self._compare(self.comparison)
         if now - self._last_stats >= STATS_EVERY:
@@ -329,22 +329,7 @@ class AdtApp(App[int]):
 
     def _ingest(self, budget: float | None) -> bool:
         """Fold new events into the state; True when more are waiting than the budget allowed."""
-        if self.tail is None:
-            return False
-        start = time.perf_counter()
-        while True:
-            events = self.tail.poll(max_bytes=INGEST_BYTES)
-            self.state.apply_all(events)
-            for e in events if self.comparison is not None else ():
-                self.comparison.apply(e)  # type: ignore[union-attr]
-            if self.tensorboard is not None:
-                self.tensorboard.write_all(events)
-            if not events:
-                if self.tensorboard is not None:
-                    self.tensorboard.flush()
-                return False
-            if budget is not None and time.perf_counter() - start > budget:
-                return True
+        return self.feed is not None and self.feed.read(budget)
 
     def _note_exits(self) -> None:
         """Show process exits the instant we see them, before anyone writes them down."""
@@ -384,8 +369,7 @@ class AdtApp(App[int]):
         info = HeaderInfo(self.job_state(), self.job_fingerprint,
                           self.now_fingerprint if self.stale_paths else None,
                           read_only=not self.owned,
-                          versus=self.comparison.header(self.state.curves, self._started_as())
-                          if self.comparison else None)
+                          versus=self.comparison.header(self.state.curves, self._started_as()))
         self.header.show(header_text(self.state, info, self.clock()))
         self.draw_charts()
         if self._drawn == self.state.events:
@@ -424,7 +408,7 @@ class AdtApp(App[int]):
         shown = [chart for chart in self.charts.values() if chart.display]
         turn = self._chart_turn % max(1, len(shown))
         for chart in shown[turn:] + shown[:turn]:
-            ghost = self.comparison.ghost if self.comparison else None
+            ghost = self.comparison.ghost(self.axis)
             key = (self.state.curves.changes, ghost[1].changes if ghost else 0, self.axis,
                    chart.size.width, chart.size.height)
             first = chart.drawn_key is None
@@ -693,8 +677,8 @@ class AdtApp(App[int]):
     def on_unmount(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        if self.feed is not None:
+            self.feed.close()
 
 
 def run_monitor(config: RunConfig, restart_on_change: bool = False) -> int:
@@ -702,7 +686,7 @@ def run_monitor(config: RunConfig, restart_on_change: bool = False) -> int:
     from .launch import prepare_job
 
     prepare_job(config)  # bad data or config fails here, in plain text, before the screen opens
-    comparison = Comparison(Reference(config.compare, config.runs_dir)) if config.compare else None
+    comparison = Comparison(Reference(config.compare, config.runs_dir) if config.compare else None)
     app = AdtApp(config, restart_on_change=restart_on_change, comparison=comparison)
     code = app.run()
     return _after(app, code)
@@ -715,7 +699,7 @@ def watch_run(run_dir: str | Path, compare: str = "") -> int:
         print(f"adt watch: {run_dir} is not a run directory (no config.json). "
               "Fix: pass runs/<run-id>, e.g. the last one in `ls runs/`.")
         return 2
-    comparison = Comparison(Reference(compare, run_dir.resolve().parent)) if compare else None
+    comparison = Comparison(Reference(compare, run_dir.resolve().parent) if compare else None)
     app = AdtApp(run_dir=run_dir, comparison=comparison)
     return _after(app, app.run())
 

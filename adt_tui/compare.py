@@ -7,6 +7,10 @@ accuracy this run is ahead of or behind the reference at the same samples seen (
 have reached). A
 reference with other data or another class count is still drawn, with a warning naming the
 difference: comparing those silently is how a 0.5% run once looked like a 21% one.
+
+Without `--compare`, a run is held to what one process reaches on its data with its settings,
+when our benchmarks hold that curve (adt_tui/expectation.py); it is looked up once the run says
+what it reads (its run_start).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from engine.events import EventTail
 from engine.rundir import RunDir
 
 from .diagnose import Symptoms, explain
+from .expectation import Expectation, matching
 from .history import find_run
 from .series import Curves, Series
 
@@ -30,7 +35,8 @@ class Standing:
 
     points: float  # accuracy difference in percentage points (positive: ahead)
     samples: float  # where they are compared
-    reference: str  # the reference's run id
+    reference: str  # the reference's name: its run id, or "single process"
+    tag: str  # its short name, for the header
     at_its_end: bool = False  # the reference ended before this run's samples: compared at its end
 
     def text(self) -> str:
@@ -39,7 +45,7 @@ class Standing:
         return f"{_signed(self.points)} points vs {self.reference} {where}"
 
     def short(self) -> str:
-        return f"{_signed(self.points)} pts vs {self.reference[-13:]} @{_count(self.samples)}"
+        return f"{_signed(self.points)} pts vs {self.tag} @{_count(self.samples)}"
 
 
 class Reference:
@@ -51,6 +57,8 @@ class Reference:
         except ConfigError as exc:
             raise ConfigError("compare", exc.problem, exc.fix) from None
         self.name = self.run_dir.name
+        self.tag = self.name[-13:]  # a run id's time and suffix
+        self.timed = True  # its wall times are drawn too
         self.curves = Curves()
         self.start: dict[str, Any] | None = None
         self.ended = False  # its last start wrote run_end: it grows no more
@@ -69,6 +77,9 @@ class Reference:
                 self.ended = True
             self.curves.apply(e)
         return bool(events)
+
+    def describe(self) -> str:
+        return str(self.run_dir)
 
     def differences(self, start: dict[str, Any] | None) -> list[str]:
         """What makes the two runs not comparable: other data, another class count."""
@@ -91,11 +102,14 @@ class Reference:
 
 
 class Comparison:
-    """--compare as a front end uses it: the reference's ghost curves, where this run stands,
-    whether the two are comparable (said once) and why this run lags (each new cause once)."""
+    """A run against its reference, as a front end uses it: the reference's ghost curves, where
+    this run stands, whether the two are comparable (said once) and why this run lags (each new
+    cause once). The reference is `--compare`'s run, else the run's expectation once its
+    run_start came (None while there is none: every answer is then None)."""
 
-    def __init__(self, reference: Reference) -> None:
-        self.reference = reference
+    def __init__(self, reference: Reference | None = None, expectations: Path | None = None) -> None:
+        self.reference: Reference | Expectation | None = reference
+        self.expectations = expectations  # the table of expectations (None: adt's own)
         self.symptoms = Symptoms()  # this run's, folded from its events
         self._cause: str | None = None
         self._checked = False
@@ -103,26 +117,33 @@ class Comparison:
     def apply(self, e: dict[str, Any]) -> None:
         """Fold one of this run's events in."""
         self.symptoms.apply(e)
+        if e.get("kind") == "run_start" and not isinstance(self.reference, Reference):  # a restart may change settings
+            entry = matching(e, self.expectations)
+            self.reference = Expectation(entry) if entry else None
 
     def refresh(self) -> bool:
-        return self.reference.refresh()
+        return self.reference is not None and self.reference.refresh()
 
-    @property
-    def ghost(self) -> tuple[str, Curves]:
+    def ghost(self, axis: str) -> tuple[str, Curves] | None:
+        """The reference's name and curves, when they can be drawn on `axis`."""
+        if self.reference is None or (axis == "time" and not self.reference.timed):
+            return None
         return self.reference.name, self.reference.curves
 
     def standing(self, curves: Curves) -> Standing | None:
-        return standing(curves, self.reference)
+        return standing(curves, self.reference) if self.reference is not None else None
 
-    def header(self, curves: Curves, start: dict[str, Any] | None) -> str:
+    def header(self, curves: Curves, start: dict[str, Any] | None) -> str | None:
         """"−2.1 pts vs REF @240k", flagged when the data differ."""
+        if self.reference is None:
+            return None
         found = self.standing(curves)
         flag = " (other data)" if self.reference.differences(start) else ""
-        return (found.short() if found else f"vs {self.reference.name}") + flag
+        return (found.short() if found else f"vs {self.reference.tag}") + flag
 
     def not_comparable(self, start: dict[str, Any] | None) -> str | None:
         """The warning about other data, once, as soon as this run has started."""
-        if self._checked or start is None:
+        if self._checked or start is None or self.reference is None:
             return None
         self._checked = True
         return self.reference.warning(start)
@@ -136,7 +157,7 @@ class Comparison:
         return said
 
 
-def standing(curves: Curves, reference: Reference) -> Standing | None:
+def standing(curves: Curves, reference: Reference | Expectation) -> Standing | None:
     """This run's validation accuracy against the reference's at the same samples seen: at this
     run's latest validation, or at the reference's latest if that is earlier (a reference that
     ended there, or is still on its way); each side read between its validations. None until
@@ -148,7 +169,8 @@ def standing(curves: Curves, reference: Reference) -> Standing | None:
     if x < max(ours.x[0], theirs.x[0]):
         return None
     ended_before = reference.ended and theirs.x[-1] < ours.x[-1]
-    return Standing(100 * (_at(ours, x) - _at(theirs, x)), x, reference.name, at_its_end=ended_before)
+    return Standing(100 * (_at(ours, x) - _at(theirs, x)), x, reference.name, reference.tag,
+                    at_its_end=ended_before)
 
 
 def mean_train_loss(curves: Curves) -> Series:

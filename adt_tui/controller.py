@@ -50,11 +50,15 @@ Then = Restart | BringBack | Quit | None  # what a front end does once a stop is
 
 
 class JobController:
-    def __init__(self, config: RunConfig | None = None, python: str = sys.executable) -> None:
+    def __init__(self, config: RunConfig | None = None, python: str = sys.executable,
+                 processes: Callable[[RunConfig | None, str], Supervisor] = Supervisor) -> None:
+        """`processes` makes one start's process layer from the config: the Supervisor (local
+        children), or `adt launch`'s TorchrunNode (adt_tui/multinode.py)."""
         if config is not None and not config.run_id:
             config.run_id = new_run_id()  # known before the start: a front end reads its run dir
         self.config = config
         self.python = python
+        self.processes = processes
         self.supervisor: Supervisor | None = None
         self.restarts: dict[int, int] = {}  # worker -> times the job restarted to bring it back
         self.finished = False  # the exits of the current start are written down
@@ -94,11 +98,10 @@ class JobController:
         """Start the job's processes (with Ctrl+C and SIGTERM held until every one is known: one
         arriving mid-start would leave a child started but unknown, which no stop would reach)."""
         self.config = config or self.config
-        assert self.config is not None
         mps = None
         if self.supervisor is not None:
             mps, self.supervisor.mps = self.supervisor.mps, None  # the job's MPS daemon lives on
-        self.supervisor = Supervisor(self.config, self.python)
+        self.supervisor = self.processes(self.config, self.python)
         self.supervisor.mps = mps
         self.finished = False
         return _holding_signals(self.supervisor.start)

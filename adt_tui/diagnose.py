@@ -25,12 +25,13 @@ STALE = 1.5  # staleness p95 beyond this many times (+1) the N-1 that N round-ro
 DROPPED = 0.05  # a share of pushes dropped by --max-staleness that costs progress
 BUSY = 0.8  # the PS's apply thread busy this share of the time: pushes queue behind it
 WAITED = 0.5  # workers waiting this share of an epoch at its barrier for the last one: it is slow
+GAP = 0.25  # the workers' training accuracy this far above the global model's validation accuracy
 WAITED_S = 1.0  # ... and this many seconds: below it, scheduler jitter on a busy host, not a slow worker
 
 
 @dataclass(frozen=True)
 class Finding:
-    cause: str  # staleness, warmup, dropped, slow_worker, ps_busy
+    cause: str  # staleness, warmup, dropped, slow_worker, ps_busy, batchnorm
     evidence: str
     fix: str
 
@@ -50,6 +51,9 @@ class Symptoms:
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=WINDOW))  # ps_metrics
     rule: str = ""
     train_samples: int = 0
+    train_acc: dict[int, float] = field(default_factory=dict)  # each worker's latest, since the validation
+    validation: dict[str, Any] | None = None  # the latest
+    trained_then: float | None = None  # the workers' mean training accuracy before that validation
 
     def apply(self, e: dict[str, Any]) -> None:
         kind = e.get("kind")
@@ -59,6 +63,13 @@ class Symptoms:
             self.rule, self.train_samples = str(e.get("update_rule", "")), int(e.get("train_samples") or 0)
             self.recent.clear()
             self.epoch_ends.clear()
+            self.train_acc.clear()
+            self.validation = self.trained_then = None
+        elif kind == "worker_metrics" and num(e.get("acc")) is not None:
+            self.train_acc[int(e.get("worker") or 0)] = num(e.get("acc"))  # type: ignore[assignment]
+        elif kind == "validation":
+            self.validation = e
+            self.trained_then = statistics.mean(self.train_acc.values()) if self.train_acc else None
         elif kind == "ps_metrics":
             self.ps = e
             self.recent.append(e)
@@ -76,7 +87,7 @@ class Symptoms:
         if self.ps is None or self.workers < 1:
             return []
         return [f for f in (self._dropped(), self._warmup(), self._slow_worker(), self._ps_busy(),
-                            self._staleness()) if f is not None]
+                            self._batchnorm(), self._staleness()) if f is not None]
 
     def _staleness(self) -> Finding | None:
         p95 = self._typical(lambda e: (e.get("staleness") or {}).get("p95"))
@@ -126,6 +137,22 @@ class Symptoms:
                        f"to {longest:.1f} s of its {seconds:.1f} s for worker {slowest}: its pushes come "
                        "rarely and stale", "--mps if workers share a GPU, even shards (adt data prepare "
                        "--workers N), or a look at that worker's host and log")
+
+    def _batchnorm(self) -> Finding | None:
+        """The workers train (in train mode: batch statistics) far better than the global model
+        validates (eval mode: the running statistics the PS holds): those do not fit its weights."""
+        if self.validation is None or self.trained_then is None:
+            return None
+        val = num(self.validation.get("acc")) or 0.0
+        if self.trained_then - val < GAP:
+            return None
+        recompute = int(self.config.get("bn_recompute") or 0)
+        held = ("the mean of the workers' running statistics (--bn-recompute 0)" if not recompute
+                else f"statistics recomputed on {recompute} training samples")
+        return Finding("batchnorm", f"the workers train at {self.trained_then:.0%} accuracy while the global model "
+                       f"validates at {val:.0%} with {held}: BatchNorm statistics that do not fit its "
+                       "weights (or a model that overfits)",
+                       "--bn-recompute 2048" if not recompute else f"a larger --bn-recompute (now {recompute})")
 
     def _ps_busy(self) -> Finding | None:
         busy = self._typical(lambda e: e.get("busy"))

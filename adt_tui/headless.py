@@ -23,6 +23,7 @@ from .controller import BringBack, JobController
 from .launch import prepare_job
 from .series import Curves
 from .stale import StartedSources
+from .state import RunState
 from .tensorboard import TensorBoardWriter
 from .watcher import SourceWatcher
 
@@ -32,7 +33,8 @@ class Printer:
 
     def __init__(self, out: TextIO, comparison: Comparison | None = None) -> None:
         self.out = out
-        self.comparison = comparison  # --compare: where this run stands against a reference
+        # Where this run stands against --compare's run, or else against one process (if known).
+        self.comparison = comparison or Comparison()
         self.tty = out.isatty()
         self.train_samples = 0
         self.epochs = 0
@@ -40,10 +42,20 @@ class Printer:
         self.epoch_base = 0  # samples_seen when the current epoch began
         self.last_plain = 0.0
         self.bar_open = False
-        self.outcome: str | None = None
-        self.progress: dict[str, Any] | None = None  # the latest ps_metrics: where the run was
-        self.last_checkpoint: dict[str, Any] | None = None
-        self.curves = Curves()  # the monitor's fold: the closing summary reads it
+        self.run = RunState()  # the monitor's fold of this start's events: where the run is
+
+    @property
+    def curves(self) -> Curves:
+        return self.run.curves
+
+    @property
+    def outcome(self) -> str | None:
+        """How this start ended, once its run_end came (None after a stop of ours: it goes on)."""
+        return self.run.outcome
+
+    @outcome.setter
+    def outcome(self, value: str | None) -> None:
+        self.run.outcome = value
 
     def line(self, text: str) -> None:
         if self.bar_open:
@@ -53,9 +65,8 @@ class Printer:
         self.out.flush()
 
     def event(self, e: dict[str, Any]) -> None:
-        self.curves.apply(e)
-        if self.comparison is not None:
-            self.comparison.apply(e)
+        self.run.apply(e)
+        self.comparison.apply(e)
         kind = e["kind"]
         if kind == "run_start":
             self.train_samples, self.epochs = e["train_samples"], e["config"]["epochs"]
@@ -66,8 +77,8 @@ class Printer:
             self.line(f"  train data: {_span(e['data']['train'])}")
             self.line(f"  val data:   {_span(e['data']['val'])}")
             self.line(f"  checkpoints: {e['checkpoint_dir']}")
-            if self.comparison is not None:
-                self.line(f"  compared with: {self.comparison.reference.run_dir}")
+            if self.comparison.reference is not None:
+                self.line(f"  compared with: {self.comparison.reference.describe()}")
                 warning = self.comparison.not_comparable(e)
                 if warning:
                     self.line(f"WARNING: {warning}")
@@ -75,26 +86,23 @@ class Printer:
             self.line(f"worker {e['worker']} joined (pid {e['pid']}, {e['device']}, "
                       f"{len(e['shards'])} shards)")
         elif kind == "ps_metrics":
-            self.progress = e
             self._progress(e)
         elif kind == "validation":
             versus = self._versus()
             self.line(f"validation @ version {e['version']}: loss {_num(e['loss'])}, "
                       f"acc {e['acc']:.2%} ({e['count']} samples, chance {e['chance']:.2%})"
                       + (f"; {versus.text()}" if versus else ""))
-            lag = self.comparison.new_lag(self.curves) if self.comparison else None
+            lag = self.comparison.new_lag(self.curves)
             if lag:
                 self.line(f"WARNING: {lag}")
         elif kind == "epoch_end":
             self.epoch_base = e["samples_seen"]
             self.line(f"epoch {min(e['epoch'] + 1, self.epochs)}/{self.epochs} done at version {e['version']}")
         elif kind == "checkpoint":
-            self.last_checkpoint = e
             self.line(f"checkpoint {e['tag']}: {e['path']}")
         elif kind == "alert":
             self.line(f"{e['level'].upper()}: {e['message']}")
         elif kind == "run_end":
-            self.outcome = e["outcome"]
             best = e.get("best_val_acc")
             self.line(f"run {e['outcome']}: {e['message']}"
                       + (f"; version {e['version']}" if e["version"] is not None else "")
@@ -107,8 +115,6 @@ class Printer:
                 self.line(f"against the reference: {versus.text()}")
 
     def _versus(self) -> Standing | None:
-        if self.comparison is None:
-            return None
         self.comparison.refresh()  # a reference still running has grown
         return self.comparison.standing(self.curves)
 
@@ -122,7 +128,7 @@ class Printer:
         text = (f"epoch {e['epoch'] + 1}/{self.epochs} {min(done, total)}/{total} | version {e['version']} "
                 f"| {e['updates_per_s']:.1f} upd/s | staleness p50 {p50} max {stale['max']} "
                 f"(last {self.interval:g}s) | dropped {e['dropped']}")
-        versus = self.comparison.standing(self.curves) if self.comparison else None
+        versus = self.comparison.standing(self.curves)
         if versus:
             text += f" | {versus.short()}"
         if self.tty:
@@ -221,7 +227,7 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
     # A resumed run appends to its old events: print (and judge the outcome by) this start's only.
     offset = events_path.stat().st_size if events_path.exists() else 0
     stale = StaleCodeWarner(job_sources(config), config.config_file)
-    printer = Printer(out, Comparison(Reference(config.compare, config.runs_dir)) if config.compare else None)
+    printer = Printer(out, Comparison(Reference(config.compare, config.runs_dir) if config.compare else None))
     tail = EventTail(events_path, offset)
     tensorboard = TensorBoardWriter(config.tensorboard, config.run_id) if config.tensorboard else None
     interrupted = False
@@ -312,13 +318,13 @@ def finish(job: JobController, printer: Printer, interrupted: bool) -> int:
 
 def stopped_where(printer: Printer) -> str:
     """Where a run stopped before its PS wrote `run_end`: still starting, or how far it got."""
-    seen = printer.progress
-    if seen is None or not seen["version"]:
+    seen = printer.run.server
+    if seen.updates_per_s is None or not seen.version:  # no ps_metrics yet, or no update
         return "run stopped while starting: nothing to save"
-    saved = printer.last_checkpoint
-    kept = (f"its last checkpoint {saved['path']} holds version {saved['version']}" if saved
+    saved = printer.run.checkpoints[-1] if printer.run.checkpoints else None
+    kept = (f"its last checkpoint {saved.path} holds version {saved.version}" if saved
             else "no checkpoint was written")
-    return (f"run stopped at version {seen['version']} (epoch {seen['epoch'] + 1}) before the PS "
+    return (f"run stopped at version {seen.version} (epoch {(seen.epoch or 0) + 1}) before the PS "
             f"wrote its end; {kept}")
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.config import ConfigError
-from engine.events import read_events
 from engine.rundir import RunDir
 
+from .state import RunState
 from .supervisor import Supervisor
 
 STATES = ("running", "finished", "stopped", "failed", "diverged", "crashed", "new")
@@ -50,32 +50,27 @@ def run_info(run_dir: str | Path, checkpoints_dir: str | Path = "checkpoints") -
     """Read one run directory (which must hold config.json)."""
     run_dir = Path(run_dir).resolve()
     config = RunDir(run_dir).read_config()
-    events = _read(RunDir(run_dir).events)
-    starts = [e for e in events if e["kind"] == "run_start"]
-    last_start = starts[-1] if starts else None
-    ended = _last_outcome(events)
+    events = RunDir(run_dir).events
+    run = RunState.from_file(events) if events.is_file() else RunState()  # the monitor's fold
     running = _alive(run_dir)
     if running:
         state = "running"
-    elif ended:
-        state = ended
+    elif run.outcome:
+        state = run.outcome  # the last start's: a resumed run's earlier ends do not count
     else:
-        state = "crashed" if events else "new"
-    accs = [e["acc"] for e in events if e["kind"] == "validation" and isinstance(e.get("acc"), float)]
-    checkpoint_dir = (last_start or {}).get("checkpoint_dir") or str(
-        Path(checkpoints_dir).resolve() / run_dir.name)
+        state = "crashed" if run.events else "new"
     return RunInfo(
         run_id=run_dir.name,
         run_dir=str(run_dir),
-        started=starts[0]["t"] if starts else RunDir(run_dir).config.stat().st_mtime,
+        started=run.start_t if run.starts else RunDir(run_dir).config.stat().st_mtime,
         state=state,
         model=config.get("model", "?"),
         workers=int(config.get("workers", 0)),
         data=config.get("train_url") or config.get("data", "?"),
-        best_val_acc=max(accs) if accs else None,
-        code=(last_start or {}).get("code", {}).get("fingerprint"),
-        duration=_duration(events, time.time() if running else None),
-        checkpoint_dir=checkpoint_dir,
+        best_val_acc=run.best_val_acc,
+        code=run.code.get("fingerprint"),
+        duration=run.trained(time.time() if running else None),
+        checkpoint_dir=run.checkpoint_dir or str(Path(checkpoints_dir).resolve() / run_dir.name),
     )
 
 
@@ -189,35 +184,6 @@ def clean(runs_dir: str | Path, checkpoints_dir: str | Path, ids: list[str], sta
             shutil.rmtree(checkpoints, ignore_errors=True)
         print(f"removed {r.run_id}", file=out)
     return 0
-
-
-def _read(path: Path) -> list[dict[str, Any]]:
-    return list(read_events(path)) if path.is_file() else []
-
-
-def _last_outcome(events: list[dict[str, Any]]) -> str | None:
-    """The outcome of the last start, if it ended (a resumed run's earlier ends do not count)."""
-    outcome = None
-    for e in events:
-        if e["kind"] == "run_start":
-            outcome = None
-        elif e["kind"] == "run_end":
-            outcome = e.get("outcome") or "failed"
-    return outcome
-
-
-def _duration(events: list[dict[str, Any]], now: float | None) -> float | None:
-    """Seconds from each run_start to its segment's last event (to `now` while running)."""
-    total, start, last = 0.0, None, None
-    for e in events:
-        if e["kind"] == "run_start":
-            if start is not None and last is not None:
-                total += last - start
-            start = e["t"]
-        last = e["t"]
-    if start is None:
-        return None
-    return total + ((now if now is not None else last) - start)
 
 
 def _alive(run_dir: Path) -> bool:

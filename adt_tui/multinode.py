@@ -12,9 +12,10 @@ node 0's agent serves it on every interface (`::`), which adt cannot narrow; wha
 TensorPipe and Gloo, listens on `--ifname` (lo for a loopback master). `engine.listen` says so at
 the start of every node.
 
-torchrun runs in its own session, so a terminal's Ctrl+C reaches only us; stopping follows the
-supervisor's discipline: SIGTERM to torchrun (which forwards it to its processes, and they stop
-gracefully), the grace period, then SIGKILL for every process of the tree.
+torchrun runs in its own session, so a terminal's Ctrl+C reaches only us. The node's job is a
+`JobController` (adt_tui/controller.py), as `adt run`'s is, whose processes are a `TorchrunNode`:
+stopping follows the supervisor's discipline: SIGTERM to torchrun (which forwards it to its
+processes, and they stop gracefully), the grace period, then SIGKILL for every process of the tree.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from engine.events import EventTail, EventWriter, ExitCode
 from engine.listen import is_loopback, launch_listeners
 from engine.rundir import RunDir
 
-from .supervisor import PROJECT_ROOT, new_run_id
+from .controller import JobController
+from .processes import kill_all
+from .supervisor import PROJECT_ROOT, Child, new_run_id
 
 LAUNCHER = "torchrun"  # its name in pids.json and its log: runs/<id>/logs/torchrun.log
 
@@ -148,33 +151,20 @@ def launch(plan: NodePlan, run_dir: Path | None, grace_period: float, out: TextI
     print("\n".join(listeners), file=out, flush=True)
     if dry_run:
         return ExitCode.OK
-    env = {**os.environ, **node_env(plan), "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(plan, run_dir)]
     tail = None
     if run_dir is not None:
         tail = EventTail(RunDir(run_dir).events)
         tail.poll()  # a resumed run's earlier segments are history, not this launch's progress
-    # Node 0 logs to its run dir; other nodes have none and print to this terminal.
-    log_path = RunDir(run_dir).log(LAUNCHER) if run_dir is not None else None
-    with open(log_path, "ab") if log_path else contextlib.nullcontext() as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    if run_dir is not None:
-        # `adt watch` and `adt runs` find the job through the launcher: its command line names
-        # engine.node and the run dir, and a SIGTERM to it stops the whole node gracefully.
-        RunDir(run_dir).write_pids({LAUNCHER: proc.pid})
-        print(f"run dir: {run_dir}   (torchrun and process logs in {log_path})",
-              file=out, flush=True)
-    return _supervise(proc, run_dir, tail, grace_period, out, log_path)
+    node = TorchrunNode(plan, run_dir, grace_period)  # one start: torchrun restarts nothing either
+    job = JobController(processes=lambda _config, _python: node)  # type: ignore[arg-type,return-value]
+    return _supervise(job, node, tail, grace_period, out)
 
 
-def _supervise(proc: subprocess.Popen, run_dir: Path | None, tail: EventTail | None, grace: float,
-               out: TextIO, log_path: Path | None) -> int:
+def _supervise(job: JobController, node: TorchrunNode, tail: EventTail | None, grace: float,
+               out: TextIO) -> int:
     from .headless import Printer
 
     printer = Printer(out)
-    tree = _Tree(proc.pid)
     interrupted = False
 
     def on_term(_signum: int, _frame: Any) -> None:
@@ -183,59 +173,149 @@ def _supervise(proc: subprocess.Popen, run_dir: Path | None, tail: EventTail | N
     previous = signal.signal(signal.SIGTERM, on_term)
     over_since: float | None = None
     try:
-        while proc.poll() is None:
-            tree.refresh()
+        job.start()
+        if node.run_dir is not None:
+            printer.line(f"run dir: {node.run_dir}   (torchrun and process logs in {node.log_path})")
+        while job.running():
+            job.poll()
             for event in tail.poll() if tail else []:
                 printer.event(event)
-            if printer.outcome is not None and not tree.alive():
+            if printer.outcome is not None and not node.alive():
                 # The PS wrote run_end and this node's processes are gone, but torchrun waits (up
                 # to 5 minutes) at its exit barrier for every other node: a node whose workers
                 # failed never arrives there. The run is over; do not make the user wait.
                 over_since = over_since or time.monotonic()
                 if time.monotonic() - over_since > grace:
                     printer.line("the run is over; torchrun still waits for another node: stopping it")
-                    proc.terminate()
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(grace)
+                    job.stop(grace)
                     break
             time.sleep(0.3)
     except KeyboardInterrupt:
         interrupted = True
         printer.line(f"stopping this node (grace period {grace:.0f}s"
-                     + ("; the PS writes a final checkpoint" if run_dir else "") + ")...")
+                     + ("; the PS writes a final checkpoint" if tail else "") + ")...")
         try:
-            tree.refresh()
-            proc.send_signal(signal.SIGTERM)  # torchrun forwards it to every process it started
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                printer.line("still running after the grace period: killing this node's processes")
+            job.stop(grace)
         except KeyboardInterrupt:
-            pass
+            job.kill()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    tree.kill()  # torchrun's processes lead their own sessions: none may outlive it
-    if tail is not None and run_dir is not None:
-        for event in tail.poll():
-            printer.event(event)
-        _record_end(run_dir, printer, proc.returncode)
+    job.kill()  # torchrun's processes lead their own sessions: none may outlive it
+    for event in tail.poll() if tail else []:
+        printer.event(event)
+    job.finish(run_ended=printer.outcome is not None)  # node 0: the PS's run_end, or ours now
+    for event in tail.poll() if tail else []:
+        printer.event(event)
+    code = job.main_child().exit_code  # type: ignore[union-attr]
     if interrupted:
         return ExitCode.INTERRUPTED
-    cause = failed_first(log_path) if proc.returncode != 0 and printer.outcome != "finished" else None
+    cause = failed_first(node.log_path) if code != 0 and printer.outcome != "finished" else None
     if cause is not None:
         # A process of this node failed and torchrun stopped the others, the PS too, which calls
         # that "stopped": a failure, whatever the PS wrote.
-        printer.line(f"node 0 failed: torchrun exited with code {proc.returncode}: {cause}; "
-                     f"see {log_path}")
+        printer.line(f"node 0 failed: torchrun exited with code {code}: {cause}; see {node.log_path}")
         return ExitCode.FAILED
     if printer.outcome == "stopped":  # here, or from the monitor (`adt watch`): torchrun got SIGTERM
         return ExitCode.INTERRUPTED
-    if run_dir is None:  # other nodes: torchrun's own report went to this terminal
-        return ExitCode.OK if proc.returncode == 0 else ExitCode.FAILED
+    if node.run_dir is None:  # other nodes: torchrun's own report went to this terminal
+        return ExitCode.OK if code == 0 else ExitCode.FAILED
     return ExitCode.OK if printer.outcome == "finished" else ExitCode.FAILED
+
+
+class TorchrunNode:
+    """The process layer of one node's start (what the Supervisor is for `adt run`): torchrun
+    and every process it starts, remembered while they live so none can be orphaned. Stopping
+    follows the supervisor's discipline: SIGTERM to torchrun (which forwards it to its
+    processes), the grace period, then SIGKILL for every process of the tree."""
+
+    attached = False
+    mps = None  # torchrun starts the processes: MPS is the machine's own (refused with --mps)
+
+    def __init__(self, plan: NodePlan, run_dir: Path | None, grace: float) -> None:
+        self.plan, self.run_dir, self.grace = plan, run_dir, grace
+        self.run_id = run_dir.name if run_dir is not None else ""
+        # Node 0 logs to its run dir; other nodes have none and print to this terminal.
+        self.log_path = RunDir(run_dir).log(LAUNCHER) if run_dir is not None else None
+        self.children: list[Child] = []
+        self.stopping = False
+        self._seen: dict[int, psutil.Process] = {}
+
+    def start(self) -> Path | None:
+        env = {**os.environ, **node_env(self.plan), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(self.plan, self.run_dir)]
+        with open(self.log_path, "ab") if self.log_path else contextlib.nullcontext() as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None,
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.children = [Child(LAUNCHER, "launcher", None, proc, self.log_path or Path(os.devnull), proc.pid)]
+        if self.run_dir is not None:
+            # `adt watch` and `adt runs` find the job through the launcher: its command line names
+            # engine.node and the run dir, and a SIGTERM to it stops the whole node gracefully.
+            RunDir(self.run_dir).write_pids({LAUNCHER: proc.pid})
+        return self.run_dir
+
+    def main_child(self) -> Child | None:
+        return self.children[0] if self.children else None
+
+    def poll(self) -> list[Child]:
+        """torchrun, once it exited; meanwhile remember every process it started."""
+        main = self.main_child()
+        if main is None or main.exited:
+            return []
+        self._remember()
+        if main.popen.poll() is None:  # type: ignore[union-attr]
+            return []
+        main.exit_code, main.exited = main.popen.returncode, True  # type: ignore[union-attr]
+        return [main]
+
+    def alive(self) -> bool:
+        """True while any process torchrun started still runs."""
+        for proc in self._seen.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    return True
+        return False
+
+    def stop(self, grace: float | None = None) -> None:
+        self.stopping = True
+        main = self.main_child()
+        if main is None:
+            return
+        self._remember()
+        main.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]  # torchrun forwards it
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            main.popen.wait(self.grace if grace is None else grace)  # type: ignore[union-attr]
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL torchrun and every process it started that still runs."""
+        main = self.main_child()
+        if main is not None and main.popen.poll() is None:  # type: ignore[union-attr]
+            main.popen.kill()  # type: ignore[union-attr]
+        if main is not None:
+            main.popen.wait()  # type: ignore[union-attr]
+            self.poll()
+        procs = list(self._seen.values())
+        kill_all(procs)  # psutil checks each pid was not reused since we saw it
+
+    def record_exits(self, run_ended: bool) -> None:
+        """If the PS never wrote `run_end`, say how the run ended (it is gone: we may write now)."""
+        main = self.main_child()
+        if run_ended or self.run_dir is None or main is None:
+            return
+        writer = EventWriter(RunDir(self.run_dir).events, self.run_id)
+        writer.emit("run_end", outcome="failed", version=None, epoch=None, best_val_acc=None,
+                    message=f"torchrun exited with code {main.exit_code} before the run ended; see {self.log_path}")
+        writer.close()
+
+    def release(self) -> None:
+        pass
+
+    def _remember(self) -> None:
+        main = self.main_child()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(main.pid).children(recursive=True):  # type: ignore[union-attr]
+                self._seen.setdefault(child.pid, child)
 
 
 def failed_first(log_path: Path | None) -> str | None:
@@ -255,48 +335,3 @@ def failed_first(log_path: Path | None) -> str | None:
     global_rank = int(rank[1])
     who = "the PS (rank 0)" if global_rank == 0 else f"worker {global_rank - 1} (rank {global_rank})"
     return f"{who} failed first with exit code {code[1]}"
-
-
-def _record_end(run_dir: Path, printer: Any, code: int | None) -> None:
-    """If the PS never wrote `run_end`, say how the run ended (it is gone: we may write now)."""
-    if printer.outcome is not None:
-        return
-    log = RunDir(run_dir).log(LAUNCHER)
-    message = f"torchrun exited with code {code} before the run ended; see {log}"
-    writer = EventWriter(RunDir(run_dir).events, run_dir.name)
-    writer.emit("run_end", outcome="failed", version=None, epoch=None, best_val_acc=None, message=message)
-    writer.close()
-    printer.line(f"run failed: {message}")
-
-
-class _Tree:
-    """Every process torchrun started, remembered while they live so none can be orphaned."""
-
-    def __init__(self, pid: int) -> None:
-        self.root = psutil.Process(pid)
-        self.seen: dict[int, psutil.Process] = {}
-
-    def refresh(self) -> None:
-        try:
-            for child in self.root.children(recursive=True):
-                self.seen.setdefault(child.pid, child)
-        except psutil.NoSuchProcess:
-            pass
-
-    def alive(self) -> bool:
-        """True while any process torchrun started still runs."""
-        for proc in self.seen.values():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    return True
-        return False
-
-    def kill(self) -> None:
-        """SIGKILL every descendant seen that still runs (torchrun itself is reaped by Popen)."""
-        procs = list(self.seen.values())
-        for proc in procs:
-            try:
-                proc.kill()  # psutil checks the pid was not reused since we saw it
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=5)

@@ -14,11 +14,10 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.events import read_events
 from engine.rundir import RunDir
 
 from .history import find_run, format_duration, run_info
-from .series import Curves
+from .state import RunState
 
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -46,11 +45,8 @@ def load_series(run_dir: Path) -> RunSeries:
     info = run_info(run_dir)
     mode = "single process (--workers 0)" if info.workers == 0 else f"async, {info.workers} workers"
     series = RunSeries(info.run_id, f"{info.run_id}: {mode}", info.state, 0, info.duration)
-    curves = Curves()
-    for e in read_events(RunDir(run_dir).events):
-        curves.apply(e)
-        if e["kind"] == "run_start":
-            series.epochs = e["config"].get("epochs", 0)
+    run = RunState.from_file(RunDir(run_dir).events)  # the monitor's fold
+    curves, series.epochs = run.curves, run.config.get("epochs", 0)
     for worker in curves.workers:
         loss, acc = curves.train_loss[worker], curves.train_acc[worker]
         if len(loss):

@@ -137,6 +137,7 @@ class RunState:
     start_t: float | None = None
     last_t: float | None = None
     end_t: float | None = None
+    checkpoint_dir: str = ""  # the last start's
     outcome: str | None = None
     end_message: str = ""
     best_val_acc: float | None = None
@@ -149,6 +150,8 @@ class RunState:
     curves: Curves = field(default_factory=Curves)
     events: int = 0  # events applied; panels redraw only when this moved
     skipped: int = 0  # events of an unknown kind or a newer schema
+    _segment_start: float | None = None  # the last start's run_start time
+    _segments: float = 0.0  # seconds of the starts before it, each to its last event
 
     # --- reading ------------------------------------------------------------------------
     @classmethod
@@ -165,6 +168,13 @@ class RunState:
     @property
     def validation(self) -> Validation | None:
         return self.validations[-1] if self.validations else None
+
+    def trained(self, now: float | None = None) -> float | None:
+        """Seconds of training, summed over the starts of a resumed run: each from its run_start
+        to its last event (the last one to `now` while it runs); None before any start."""
+        if self._segment_start is None or self.last_t is None:
+            return None
+        return self._segments + ((now if now is not None else self.last_t) - self._segment_start)
 
     def elapsed(self, now: float) -> float:
         """Seconds from the first start to the end (or to `now` while running)."""
@@ -192,6 +202,10 @@ class RunState:
             self.skipped += 1
             return
         t = num(event.get("t"))
+        if event.get("kind") == "run_start" and t is not None:
+            if self._segment_start is not None and self.last_t is not None:
+                self._segments += self.last_t - self._segment_start
+            self._segment_start = t
         if t is not None:
             self.last_t = t if self.last_t is None else max(self.last_t, t)
         handler(event, t or 0.0)
@@ -207,6 +221,7 @@ class RunState:
         self.workers_expected = e.get("workers", self.workers_expected)
         self.data = e.get("data") or self.data
         self.code = e.get("code") or self.code
+        self.checkpoint_dir = e.get("checkpoint_dir") or self.checkpoint_dir
         self.resumed = bool(e.get("resumed"))
         self.starts += 1
         if self.start_t is None:

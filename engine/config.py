@@ -11,6 +11,7 @@ import importlib.util
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from .errors import ConfigError
@@ -55,6 +56,13 @@ def _section(name: str) -> Any:
 # under its section's table.
 SECTIONS = ("data", "model", "optimization", "asynchrony", "devices", "health", "network", "paths")
 _data, _model, _optim, _async, _devices, _health, _network, _paths = map(_section, SECTIONS)
+
+
+class Settings(SimpleNamespace):
+    """Some sections of a run's config (RunConfig.section), read-only."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{name}: a config section is read-only")
 
 
 @dataclass
@@ -141,6 +149,15 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def section(self, *names: str) -> Settings:
+        """The settings of these sections only: what one component reads. Another section's
+        setting is an AttributeError there, so a component's reach is in its signature."""
+        unknown = set(names) - set(SECTIONS)
+        if unknown:
+            raise ValueError(f"no such section: {', '.join(sorted(unknown))}")
+        return Settings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                           if f.metadata.get("section") in names})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "") -> RunConfig:

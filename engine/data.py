@@ -124,7 +124,12 @@ class DataSpec:
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
-        return {"train": self.train.urls, "val": self.val.urls, "fingerprint": self.fingerprint()}
+        """The shards, the fingerprint, and where the data came from (what the manifest says: the
+        built-in generator and its seed, a prepared set's name): what one run is compared on."""
+        manifest = self.train.manifest
+        origin = {k: manifest[k] for k in ("source", "seed") if k in manifest}
+        return {"train": self.train.urls, "val": self.val.urls, "fingerprint": self.fingerprint(),
+                "image_size": list(self.image_size), **origin}
 
 
 def load_split(spec: str, name: str) -> Split:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
-from .config import RunConfig
+from .config import Settings
 from .events import AlertCode
 from .protocol import worker_names
 
@@ -49,7 +49,7 @@ class Lost:
 
 
 class Membership:
-    def __init__(self, config: RunConfig, num_workers: int) -> None:
+    def __init__(self, config: Settings, num_workers: int) -> None:
         self.config, self.num_workers = config, num_workers
         self.workers: dict[int, WorkerState] = {}
         self.never_registered = ""  # "worker1 and worker2", once --join-timeout counted them out

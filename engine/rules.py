@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig, update_rule_of
+from .config import RunConfig, Settings, update_rule_of
 
 
 def make_optimizer(config: RunConfig, params: Any, device: torch.device) -> torch.optim.Optimizer:
@@ -47,7 +47,7 @@ class UpdateRule:
     name = "sgd"
 
     def __init__(self, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,
-                 config: RunConfig) -> None:
+                 config: RunConfig | Settings) -> None:
         self.params, self.grads, self.config = params, grads, config
         self.optimizer = self._optimizer(model)
 
@@ -339,7 +339,7 @@ class DelayedNesterov(UpdateRule):
     name = "delayed-nesterov"
 
     def __init__(self, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,
-                 config: RunConfig) -> None:
+                 config: RunConfig | Settings) -> None:
         super().__init__(params, grads, model, config)
         self.round = max(1, config.workers)
         self.momentum_buffer = torch.zeros_like(params)
@@ -401,7 +401,7 @@ RULES = {rule.name: rule for rule in (UpdateRule, StalenessLR, AsyncMomentum, De
                                       LocalSGD)}
 
 
-def make_rule(config: RunConfig, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,
+def make_rule(config: RunConfig | Settings, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,
               single: bool) -> UpdateRule:
     """The configured rule; one process has no staleness, so it always takes plain steps."""
     rule = UpdateRule if single else RULES[update_rule_of(config)]

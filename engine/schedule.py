@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 
-from .config import RunConfig, parse_warmup
+from .config import RunConfig, Settings, parse_warmup
 
 
 class LRSchedule:
     """Linear warmup to `config.lr`, then constant, cosine to zero, or x0.1 steps at 50%/75%."""
 
-    def __init__(self, config: RunConfig, train_samples: int) -> None:
+    def __init__(self, config: RunConfig | Settings, train_samples: int) -> None:
         self.kind, self.peak = config.lr_schedule, config.lr
         self.total = config.epochs * train_samples / config.batch_size
         if config.max_updates:

@@ -3,11 +3,8 @@
 Every state change runs on one apply thread (engine/apply_thread.py), so the algorithm reads in
 one place (`_apply_push`) and needs no locks. Who is in the job and alive is engine/membership.py's
 business; how a push becomes an update is the rule's business (engine/rules.py); the LR comes from the
-schedule (engine/schedule.py), a function of the samples applied so far.
-
-BatchNorm: workers train in train mode (batch statistics). Before validation and checkpoints the
-PS recomputes the running statistics at the current weights on `bn_recompute` training samples
-(or, with 0, takes the mean of the running statistics every worker sends with its pushes).
+schedule (engine/schedule.py), a function of the samples applied so far; validation, checkpoints
+and what a resume restores are the run's bookkeeping (engine/bookkeeping.py).
 """
 
 from __future__ import annotations
@@ -24,18 +21,15 @@ from typing import Any
 import torch
 
 from .apply_thread import ApplyThread
-from .checkpoint import CheckpointError, save_checkpoint
+from .bookkeeping import Bookkeeping, Progress
 from .config import RunConfig
-from .data import DataSpec, Head, ShardStream, make_loader
-from .evaluate import evaluate, recompute_batchnorm
+from .data import DataSpec
 from .events import AlertCode, EventWriter
 from .flat import FlatModel
-from .health import Health
 from .membership import Membership, WorkerState
 from .models import build_for
 from .protocol import Reply
 from .rules import make_rule
-from .rundir import checkpoint_path
 from .schedule import LRSchedule
 
 
@@ -49,24 +43,19 @@ class ParameterServer:
         self.num_classes = len(data.classes)
         self.flat = FlatModel(build_for(config, self.num_classes, data.image_size).to(device))
         self.model = self.flat.model
-        self.rule = make_rule(config, self.flat.params, self.flat.grads, self.model, single)
-        self.schedule = LRSchedule(config, data.train.num_samples)
+        # Each component gets the sections of the config it reads, not the whole config.
+        self.rule = make_rule(config.section("optimization", "asynchrony"), self.flat.params, self.flat.grads,
+                              self.model, single)
+        self.schedule = LRSchedule(config.section("optimization"), data.train.num_samples)
         self.version, self.epoch, self.samples_seen = 0, 0, 0
         self.lr = self.schedule(0)
-        self.best_val_acc: float | None = None
-        self.last_val: dict[str, Any] | None = None
-        self._checkpointed_version = self._buffers_version = -1
-        # As many loader processes as the BatchNorm pass has batches, at most: more would start and
-        # decode (4 batches ahead each) only to be shut down.
-        self._bn_loaders = min(config.loader_workers, -(-config.bn_recompute // config.batch_size))
-        self._bn_stream = ShardStream(data.train, 0, 1, self._bn_loaders, config.batch_size, train=True,
-                                      seed=config.seed + 1, augment=config.augment)
+        self.members = Membership(config.section("health", "network"), num_workers)
+        self.workers = self.members.workers
+        self.records = Bookkeeping(config, data, events, self.flat, device, checkpoint_dir, meta,
+                                   lambda: [w.buffers for w in self.workers.values() if w.buffers is not None])
         self.resume_note = ""
         if resume:
             self._load_state(resume)
-        self.health = Health(self.num_classes, config.chance_warmup_evals)
-        self.members = Membership(config, num_workers)
-        self.workers = self.members.workers
         self.all_left = self.members.all_left
         self.dropped = 0
         self.failures: list[str] = []  # why workers that failed left (their own words)
@@ -189,7 +178,7 @@ class ParameterServer:
         self._interval["apply_ms"].append(1000 * (time.perf_counter() - start))
         if metrics is not None:
             self.events.emit("worker_metrics", worker=worker, staleness=staleness, **metrics)
-            for alert in self.health.train_metrics(worker, float(metrics["loss"]), float(metrics["acc"])):
+            for alert in self.records.health.train_metrics(worker, float(metrics["loss"]), float(metrics["acc"])):
                 self._alert(*alert, worker=worker)
                 if self.config.stop_on_divergence:
                     self.outcome = "diverged"
@@ -210,6 +199,14 @@ class ParameterServer:
             if params.is_cuda:  # RPC sends it from another thread: the copy must be done by then
                 torch.cuda.current_stream(params.device).synchronize()
         return Reply(self.version, params, self._stopping(), self.lr)
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(self.version, self.epoch, self.samples_seen)
+
+    @property
+    def best_val_acc(self) -> float | None:
+        return self.records.best_val_acc
 
     def _clock(self) -> float:
         """The schedule's clock: samples applied, in batches (engine/schedule.py)."""
@@ -250,13 +247,8 @@ class ParameterServer:
         self._arrived = {}
         self.events.emit("epoch_end", epoch=finished, version=self.version, samples_seen=self.samples_seen,
                          seconds=seconds, waits=waits)
-        result = self._validate()
-        best = result is not None and (self.best_val_acc is None or result["acc"] >= self.best_val_acc)
-        if best:
-            self.best_val_acc = result["acc"]  # before `last` is written, so that it records it too
-        self.checkpoint("last")
-        if best:
-            self.checkpoint("best")
+        if self.records.end_epoch(self.progress, self.rule.state_dict(), self._warming_up()):
+            self._diverged()
         if self.epoch >= self.config.epochs and self.outcome is None:
             self.outcome = "finished"
 
@@ -284,82 +276,33 @@ class ParameterServer:
                         f"{join_timeout:g}s (--join-timeout); the run goes on without it", worker)
         self._after_worker_gone()
 
-    def _sync_buffers(self) -> None:
-        """Bring the BatchNorm statistics to the current weights (once per version): recomputed on
-        `bn_recompute` training samples, else the mean of every worker's latest running stats."""
-        if not self.flat.buffers.numel() or self._buffers_version == self.version:
-            return
-        self._buffers_version = self.version
-        if self.config.bn_recompute:
-            self._bn_stream.set_epoch(self.version)  # other samples each time
-            # Loader processes: decoding the samples inline took ~1 s of every epoch end.
-            batches = make_loader(Head(self._bn_stream), self._bn_loaders)
-            recompute_batchnorm(self.model, iter(batches), self.config.bn_recompute, self.device)
-            return
-        latest = [w.buffers for w in self.workers.values() if w.buffers is not None]
-        if latest:
-            self.flat.buffers.copy_(torch.stack([b.to(self.device).float() for b in latest]).mean(0))
+    def _validate(self) -> None:
+        _, diverged = self.records.validate(self.progress, self._warming_up())
+        if diverged:
+            self._diverged()
 
-    def _validate(self) -> dict[str, Any] | None:
-        self._sync_buffers()
-        result = evaluate(self.model, self.data.val, self.device, self.config.loader_workers)
-        self.last_val = {**result, "version": self.version}
-        self.events.emit("validation", version=self.version, epoch=self.epoch,
-                         samples_seen=self.samples_seen, chance=1 / self.num_classes, **result)
-        warming_up = self.schedule.warming_up(self._clock())
-        for alert in self.health.validation(result["loss"], result["acc"], result["count"], warming_up):
-            self._alert(*alert)
-            if self.config.stop_on_divergence and self.health.diverged():
-                self.outcome = "diverged"
-        return result
+    def _diverged(self) -> None:
+        if self.config.stop_on_divergence:
+            self.outcome = "diverged"
+
+    def _warming_up(self) -> bool:
+        return self.schedule.warming_up(self._clock())
 
     def finish(self, validate: bool) -> None:
-        """Last steps of a run (apply thread): validate the final model if asked and not yet
-        done at this version, and make sure `last` holds the final version."""
-        if validate and (self.last_val is None or self.last_val.get("version") != self.version):
-            result = self._validate()
-            if self.best_val_acc is None or result["acc"] >= self.best_val_acc:
-                self.best_val_acc = result["acc"]
-                self.checkpoint("best")
-        if self._checkpointed_version != self.version:
-            self.checkpoint("last")
+        """Last steps of a run (apply thread): the final validation and checkpoints."""
+        self.records.finish(self.progress, self.rule.state_dict(), validate, self._warming_up())
 
     def checkpoint(self, tag: str) -> None:
-        """Write checkpoints/<run>/<tag>.pt atomically; a failure is an alert, not a crash."""
-        self._sync_buffers()
-        path = checkpoint_path(self.checkpoint_dir.parent, self.checkpoint_dir.name, tag)
-        payload = {
-            "model": self.model.state_dict(),
-            "rule": self.rule.state_dict(),
-            "version": self.version,
-            "epoch": self.epoch,
-            "samples_seen": self.samples_seen,
-            "best_val_acc": self.best_val_acc,
-            "val": self.last_val,
-            "config": self.config.to_dict(),
-            "meta": self.meta,
-        }
-        try:
-            save_checkpoint(path, payload)
-        except CheckpointError as exc:
-            self._alert("error", AlertCode.CHECKPOINT_FAILED, str(exc))
-            return
-        acc = self.last_val["acc"] if self.last_val else None
-        if tag == "last":
-            self._checkpointed_version = self.version
-        self.events.emit("checkpoint", tag=tag, path=str(path), version=self.version,
-                         epoch=self.epoch, val_acc=acc)
+        self.records.checkpoint(tag, self.progress, self.rule.state_dict())
 
     def _load_state(self, payload: dict[str, Any]) -> None:
-        self.model.load_state_dict(payload["model"])
-        self.version, self.epoch = payload["version"], payload["epoch"]
-        self.samples_seen = payload.get("samples_seen", 0)
+        at = self.records.restore(payload)
+        self.version, self.epoch, self.samples_seen = at.version, at.epoch, at.samples_seen
         self.lr = self.schedule(self._clock())
         if payload["rule"]["rule"] == self.rule.name:
             self.rule.load_state_dict(payload["rule"])
         else:  # resumed with --update-rule changed: the new rule starts with fresh state
             self.resume_note = f"update rule {payload['rule']['rule']} -> {self.rule.name}: its state starts fresh"
-        self.best_val_acc = payload.get("best_val_acc")
 
     def _alert(self, level: str, code: str, message: str, worker: int | None = None) -> None:
         self.events.emit("alert", level=level, code=code, message=message, worker=worker)

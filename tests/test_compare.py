@@ -4,6 +4,7 @@ process, and 2 async workers, 8 epochs each) stand in for the two runs."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import shutil
@@ -14,10 +15,13 @@ import pytest
 from adt_tui.app import AdtApp
 from adt_tui.charts import chart_spec
 from adt_tui.compare import Comparison, Reference, standing
+from adt_tui.expectation import SHAPING, TABLE, entries, matching
 from adt_tui.gpustats import GpuStats
 from adt_tui.headless import Printer
 from adt_tui.series import Curves
+from engine.config import RunConfig
 from engine.errors import ConfigError
+from engine.synth import write_synthetic
 
 FIXTURES = Path(__file__).parent / "fixtures" / "compare"
 OTHER_DATA = Path(__file__).parent / "fixtures" / "run"  # a recording of other tiny data
@@ -136,3 +140,75 @@ def test_a_missing_reference_stops_adt_run_before_training_with_exit_2(tiny_data
     assert done.returncode == 2, done.stderr
     assert "'compare' names 'nosuch'" in done.stderr and "Fix:" in done.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing started
+
+
+def expectation_table(tmp_path: Path, **config_changes) -> Path:
+    """A table of one expectation: the recorded single process's curve, for its data and settings."""
+    start = events("single")[0]
+    entry = {"source": "the single recording", "config": {**{k: start["config"][k] for k in SHAPING}, **config_changes},
+             "data": {"fingerprint": start["data"]["fingerprint"], "num_classes": 4, "train_samples": 400},
+             "curve": validations("single")}
+    path = tmp_path / "expectations.json"
+    path.write_text(json.dumps([entry]))
+    return path
+
+
+def test_without_compare_a_run_is_held_to_what_one_process_reaches_on_its_data(tmp_path):
+    comparison = Comparison(expectations=expectation_table(tmp_path))
+    assert comparison.standing(Curves()) is None and comparison.header(Curves(), None) is None  # not yet known
+    ours = Curves()
+    for e in events("async"):
+        ours.apply(e)
+        comparison.apply(e)
+    found, against_run = comparison.standing(ours), standing(ours, Reference(str(FIXTURES / "single")))
+    assert found is not None and found.reference == "single process"
+    assert (found.points, found.samples) == pytest.approx((against_run.points, against_run.samples))
+    assert comparison.header(ours, events("async")[0]).endswith("pts vs 1 process @3.2k")
+    assert comparison.ghost("samples")[1].val_acc.y == [acc for _, acc in validations("single")]
+    assert comparison.ghost("time") is None  # its times were another machine's
+
+
+def test_headless_lines_say_where_the_run_stands_against_one_process(tmp_path):
+    out = io.StringIO()
+    printer = Printer(out, Comparison(expectations=expectation_table(tmp_path)))
+    for e in events("async"):
+        printer.event(e)
+    lines = out.getvalue().splitlines()
+    assert "  compared with: what one process reaches on this data and settings (the single recording)" in lines
+    assert sum("points vs single process at" in line for line in lines if line.startswith("validation @")) == 8
+    assert lines[-1].startswith("against the reference: ") and "vs single process at 3.2k samples" in lines[-1]
+
+
+@pytest.mark.parametrize("change", [{"lr": 0.1}, {"batch_size": 32}, {"model": "resnet18"}, {"epochs": 4}])
+def test_no_expectation_for_other_settings(tmp_path, change):
+    comparison = Comparison(expectations=expectation_table(tmp_path, **change))
+    for e in events("async"):
+        comparison.apply(e)
+    assert comparison.reference is None and comparison.standing(Curves.from_events(events("async"))) is None
+
+
+def test_no_expectation_for_other_data(tmp_path):
+    start = events("async")[0]
+    assert matching(start, expectation_table(tmp_path)) is not None
+    other = {**start, "data": {**start["data"], "fingerprint": "0" * 16}}
+    assert matching(other, expectation_table(tmp_path)) is None
+    assert matching({**start, "num_classes": 10}, expectation_table(tmp_path)) is None
+
+
+def test_adts_own_expectations_fit_the_settings_they_claim():
+    """Every shipped entry names settings the config accepts; the default job's entry holds
+    today's defaults on the built-in data (a changed default makes it stale: rebuild it with
+    `python -m bench.expectations`)."""
+    shipped = entries(TABLE)
+    assert shipped
+    for entry in shipped:
+        assert set(entry.config) == set(SHAPING), entry.source
+        RunConfig(**entry.config).validate()
+        xs = [x for x, _ in entry.curve]
+        assert xs == sorted(xs) and all(0 <= acc <= 1 for _, acc in entry.curve)
+    defaults, generator = RunConfig(), inspect.signature(write_synthetic).parameters
+    start = {"config": {**defaults.to_dict(), "augment": "flip-crop"}, "num_classes": generator["num_classes"].default,
+             "train_samples": generator["train_samples"].default,
+             "data": {"source": "adt synthetic", "seed": generator["seed"].default,
+                      "image_size": [generator["image_size"].default] * 2}}
+    assert matching(start) is not None, "no expectation for the default job on the built-in data"

@@ -21,7 +21,21 @@ SHAPES = {
     "warmup": ("--workers", "2", "--epochs", "2", "--warmup", "20ep"),
     "ps_busy": ("--workers", "2", "--epochs", "1", "--eval-every", "1", "--max-updates", "40"),
     "slow_worker": ("--workers", "2", "--epochs", "3"),  # worker 1 runs a twentieth of the time
+    "batchnorm": ("--workers", "2", "--epochs", "2", "--bn-recompute", "0"),  # with STUCK_BATCHNORM
 }
+# A model whose BatchNorm running statistics never move from a variance of 100: the workers train
+# on batch statistics, the PS (averaging the workers' running ones) validates with the stuck ones.
+STUCK_BATCHNORM = """
+from engine.models import SmallCNN
+
+def build(num_classes):
+    model = SmallCNN(num_classes)
+    for m in model.modules():
+        if hasattr(m, "running_var"):
+            m.momentum = 0.0
+            m.running_var.fill_(100.0)
+    return model
+"""
 
 
 def throttle(pid: int, done: threading.Event) -> None:
@@ -48,7 +62,10 @@ def causes_seen(job: HeadlessJob) -> set[str]:
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_each_cause_shows_on_a_run_shaped_for_it_and_none_on_a_healthy_run(shape, tiny_data, tmp_path):
-    job = HeadlessJob(tmp_path, "--data", str(tiny_data), *SHAPES[shape], *QUICK)
+    model = tmp_path / "stuck_bn.py"
+    model.write_text(STUCK_BATCHNORM)
+    extra = ("--model", f"{model}:build") if shape == "batchnorm" else ()
+    job = HeadlessJob(tmp_path, "--data", str(tiny_data), *SHAPES[shape], *extra, *QUICK)
     done = threading.Event()
     if shape == "slow_worker":
         wait_for("the workers to join", lambda: len(job.events("worker_join")) == 2, 120, job.context)
@@ -68,10 +85,10 @@ def test_explain_speaks_only_when_the_run_trails_its_reference():
     symptoms.apply({"kind": "ps_metrics", "version": 30, "dropped": 10, "samples_seen": 480,
                     "staleness": {"p50": 1, "p95": 2, "max": 3}, "lr": 0.05, "busy": 0.1})
     assert [f.cause for f in symptoms.findings()] == ["dropped"]
-    assert explain(Standing(-(BEHIND - 0.5), 480, "ref"), symptoms) is None  # within a few points
-    assert explain(Standing(+4.0, 480, "ref"), symptoms) is None  # ahead
+    assert explain(Standing(-(BEHIND - 0.5), 480, "ref", "ref"), symptoms) is None  # within a few points
+    assert explain(Standing(+4.0, 480, "ref", "ref"), symptoms) is None  # ahead
     assert explain(None, symptoms) is None  # nothing to compare with yet
-    why = explain(Standing(-5.2, 480, "ref"), symptoms)
+    why = explain(Standing(-5.2, 480, "ref", "ref"), symptoms)
     assert why is not None and why.cause == "dropped"
     assert why.text.startswith("5.2 points behind ref at 480 samples; likely dropped: 10 of 40 pushes")
     assert "--max-staleness" in why.text
