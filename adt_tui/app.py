@@ -49,7 +49,7 @@ from .panels import (
 )
 from .procstats import ProcStats, Usage
 from .screens import Choice, ChoiceScreen, DetailScreen, HelpScreen, confirm
-from .stale import StartedSources
+from .stale import StaleCode, StartedSources
 from .state import RunState
 from .supervisor import Child, Supervisor
 from .watcher import SourceWatcher
@@ -148,9 +148,7 @@ class AdtApp(App[int]):
         self.logs_wanted: bool | None = None  # l pressed: the user's choice beats the layout's
         self._chart_turn = 0  # draw_charts takes turns over the charts
         self.started_fingerprint = ""
-        self.now_fingerprint: str | None = None
-        self.stale_paths: list[str] = []
-        self.stale_seen_at: float | None = None  # monotonic: when the warning went up
+        self.stale: StaleCode | None = None  # what changed under the job (adt_tui/stale.py)
         self.stopping = False
         self.busy = False  # a stop or restart is under way: keys r/s/q wait for it
         self._stop_dialog: ChoiceScreen | None = None  # the open "Stop the job?" question
@@ -229,6 +227,7 @@ class AdtApp(App[int]):
             self._open_run(self.supervisor.run_dir)  # type: ignore[union-attr]
             if self.job_running():
                 self.sources = self._job_sources(self.supervisor.config)  # type: ignore[union-attr]
+                self.stale = StaleCode(self.sources)
                 self._start_watcher()
         self.layout_for(*self.size)
         self.set_interval(TICK, self.tick)
@@ -245,7 +244,7 @@ class AdtApp(App[int]):
         """Take the code's fingerprint as the job starts: what stale means from now on."""
         self.sources = self._job_sources(config)
         self.started_fingerprint = self.sources.fingerprint
-        self.now_fingerprint, self.stale_paths, self.stale_seen_at = None, [], None
+        self.stale = StaleCode(self.sources)
         self.config = config
 
     def _started(self, run_dir: Path) -> None:
@@ -318,7 +317,7 @@ class AdtApp(App[int]):
             self._last_stats = now
             self.usage = self.stats.sample(self._live_pids())
             self.gpus = self.gpu.sample({pid: u.tree for pid, u in self.usage.items()},
-                                        self._gpu_devices())
+                                        self.state.cuda_devices())
             self._drawn = -1
         # Catching up, draw at the tick rate only: a redraw costs more than a slice of events.
         if not self._backlog or now - self._last_draw >= TICK:
@@ -351,23 +350,11 @@ class AdtApp(App[int]):
     def _live_pids(self) -> list[int]:
         return [c.pid for c in self.job.children if c.running]
 
-    def _gpu_devices(self) -> dict[int, int]:
-        """pid -> the CUDA device index each process was given, from its events and the config."""
-        found: dict[int, int] = {}
-        cfg = self.state.config
-        server_device = str(cfg.get("device" if self.state.mode == "single" else "ps_device", ""))
-        named = [(self.state.server.pid, server_device)]
-        named += [(w.pid, w.device) for w in self.state.workers.values()]
-        for pid, device in named:
-            if pid and device.startswith("cuda:") and device[5:].isdigit():
-                found[pid] = int(device[5:])
-        return found
-
     # --- drawing ------------------------------------------------------------------------------
     def draw(self) -> None:
         """Redraw from the state; cheap when nothing changed (only the clock moves)."""
         info = HeaderInfo(self.job_state(), self.job_fingerprint,
-                          self.now_fingerprint if self.stale_paths else None,
+                          self.stale.now if self.stale_paths else None,  # type: ignore[union-attr]
                           read_only=not self.owned,
                           versus=self.comparison.header(self.state.curves, self._started_as()))
         self.header.show(header_text(self.state, info, self.clock()))
@@ -450,7 +437,16 @@ class AdtApp(App[int]):
         self.action_detail()
 
     def _stale_names(self) -> list[str]:
-        return self.sources.names(self.stale_paths) if self.sources else list(self.stale_paths)
+        return self.stale.names() if self.stale else []
+
+    @property
+    def stale_paths(self) -> list[str]:
+        return self.stale.paths if self.stale else []
+
+    @property
+    def stale_seen_at(self) -> float | None:
+        """Monotonic: when the stale-code warning went up."""
+        return self.stale.since if self.stale else None
 
     # --- stale code ---------------------------------------------------------------------------
     def _start_watcher(self) -> None:
@@ -463,20 +459,14 @@ class AdtApp(App[int]):
         self.run_worker(self.watcher.run, group="watch", exclusive=True, exit_on_error=False)
 
     def on_source_changed(self, message: SourceChanged) -> None:
-        if not self.job_running() or self.stopping or self.sources is None:
+        if not self.job_running() or self.stopping or self.stale is None:
             return
-        now = self.sources.now()
-        if now == self.job_fingerprint:  # saved back to what the job runs: not stale after all
-            self.now_fingerprint, self.stale_paths = None, []
-        else:
-            self.now_fingerprint = now
-            self.stale_paths = sorted(set(self.stale_paths) | set(message.paths))
-            if self.stale_seen_at is None:
-                self.stale_seen_at = time.monotonic()
-                self.notify(f"changed since the job started: {', '.join(self._stale_names())}. "
-                            + ("Restarting with the new code." if self.restart_on_change and self.owned
-                               else "Press r to restart." if self.owned else ""),
-                            title="stale code", severity="warning", timeout=10, markup=False)
+        first = self.stale.since is None
+        if self.stale.changed(message.paths, self.job_fingerprint) and first:
+            self.notify(f"changed since the job started: {', '.join(self._stale_names())}. "
+                        + ("Restarting with the new code." if self.restart_on_change and self.owned
+                           else "Press r to restart." if self.owned else ""),
+                        title="stale code", severity="warning", timeout=10, markup=False)
         self._drawn = -1
         self.draw()
         if self.stale_paths and self.restart_on_change and self.owned and not self.busy:

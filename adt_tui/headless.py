@@ -22,7 +22,7 @@ from .compare import Comparison, Reference, Standing
 from .controller import BringBack, JobController
 from .launch import prepare_job
 from .series import Curves
-from .stale import StartedSources
+from .stale import StaleCode, StartedSources
 from .state import RunState
 from .tensorboard import TensorBoardWriter
 from .watcher import SourceWatcher
@@ -179,20 +179,20 @@ class StaleCodeWarner:
     def __init__(self, paths: Iterable[str | Path], config_file: str = "") -> None:
         self.sources = StartedSources(paths, config_file)  # before the job starts: what it loads
         self.started = self.sources.fingerprint
+        self.stale = StaleCode(self.sources)
         self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._watcher = SourceWatcher(self.sources.paths, self._changed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
     def _changed(self, paths: tuple[str, ...], _at: float) -> None:
-        now = self.sources.now()
-        if now == self.started:  # saved back to what the job runs: not stale
+        if not self.stale.changed(paths, self.started):
             return
         what, then = (("config", "use it") if all(self.sources.is_config(p) for p in paths)
                       else ("source", "run the new code"))
         self._lines.put(f"WARNING: {what} changed under the running job: "
                         f"{', '.join(self.sources.names(paths))}; restart to {then} "
-                        f"(started with code {self.started}, now {now})")
+                        f"(started with code {self.started}, now {self.stale.now})")
 
     def start(self) -> None:
         self._loop = loop = asyncio.new_event_loop()

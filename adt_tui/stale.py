@@ -9,6 +9,7 @@ the settings that changed (`adt.toml (config changed: epochs, lr)`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,33 @@ class StartedSources:
                     values[key] = now.get(key, defaults[key])
         source = str(self.config_file or "")
         return RunConfig.from_dict(values, source).validate(source)
+
+
+class StaleCode:
+    """Whether a running job runs its files as they are now: what changed since it started, and
+    since when it is stale. The monitor and the headless runner each keep one per start."""
+
+    def __init__(self, sources: StartedSources) -> None:
+        self.sources = sources
+        self.now: str | None = None  # the files' fingerprint now, while it differs from the job's
+        self.paths: list[str] = []  # what changed, while the job is stale
+        self.since: float | None = None  # monotonic: when it first went stale
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.paths)
+
+    def changed(self, paths: Iterable[str], runs: str) -> bool:
+        """Note files that changed under a job that runs the code `runs` (a fingerprint); True
+        when they leave its files different from that code."""
+        now = self.sources.now()
+        if now == runs:  # saved back to what the job runs: not stale after all
+            self.now, self.paths = None, []
+            return False
+        self.now, self.paths = now, sorted(set(self.paths) | set(paths))
+        if self.since is None:
+            self.since = time.monotonic()
+        return True
+
+    def names(self) -> list[str]:
+        return self.sources.names(self.paths)

@@ -182,6 +182,16 @@ class RunState:
             return 0.0
         return max(0.0, (self.end_t if self.end_t is not None else now) - self.start_t)
 
+    def cuda_devices(self) -> dict[int, int]:
+        """pid -> the CUDA device index each process was given, from its events and the config."""
+        found: dict[int, int] = {}
+        server_device = str(self.config.get("device" if self.mode == "single" else "ps_device", ""))
+        named = [(self.server.pid, server_device)] + [(w.pid, w.device) for w in self.workers.values()]
+        for pid, device in named:
+            if pid and device.startswith("cuda:") and device[5:].isdigit():
+                found[pid] = int(device[5:])
+        return found
+
     def worker(self, index: int) -> WorkerState:
         if index not in self.workers:
             self.workers[index] = WorkerState(worker=index)

@@ -40,7 +40,7 @@ def recompute_batchnorm(model: nn.Module, batches: Iterator[tuple[torch.Tensor, 
         seen += images.shape[0]
         if seen >= samples:
             break
-    for m, momentum in zip(norms, momenta):
+    for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     model.train(was_training)
     return seen

@@ -9,11 +9,8 @@ and what a resume restores are the run's bookkeeping (engine/bookkeeping.py).
 
 from __future__ import annotations
 
-import math
-import statistics
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from .config import RunConfig
 from .data import DataSpec
 from .events import AlertCode, EventWriter
 from .flat import FlatModel
+from .interval import Interval
 from .membership import Membership, WorkerState
 from .models import build_for
 from .protocol import Reply
@@ -65,8 +63,7 @@ class ParameterServer:
         self._arrived: dict[int, float] = {}  # when each worker reached this epoch's barrier
         self._epoch_began: float | None = None  # the first join, then each barrier's release
         self._barrier_params = not single  # the single process trains the PS's own model
-        self._interval: dict[str, list[float]] = {"staleness": [], "apply_ms": []}
-        self._interval_updates = 0
+        self._interval = Interval()  # measured until the next ps_metrics
         self._thread = ApplyThread()
 
     def job(self) -> dict[str, Any]:
@@ -170,12 +167,10 @@ class ParameterServer:
             self.version += 1
             if self.config.max_updates and self.version >= self.config.max_updates and self.outcome is None:
                 self.outcome = "finished"  # a fixed budget of updates (benchmarks, smoke tests)
-            self._interval_updates += 1
             self.samples_seen += samples
         if buffers is not None:
             state.buffers = buffers
-        self._interval["staleness"].append(staleness)
-        self._interval["apply_ms"].append(1000 * (time.perf_counter() - start))
+        self._interval.push(staleness, 1000 * (time.perf_counter() - start), applied)
         if metrics is not None:
             self.events.emit("worker_metrics", worker=worker, staleness=staleness, **metrics)
             for alert in self.records.health.train_metrics(worker, float(metrics["loss"]), float(metrics["acc"])):
@@ -310,26 +305,18 @@ class ParameterServer:
     # --- the monitor thread: metrics and liveness ---------------------------------------------
     def report(self, interval: float) -> None:
         """Emit ps_metrics and declare dead or silent workers lost (runs on the apply thread)."""
-        stale = self._interval["staleness"]
-        applies = self._interval["apply_ms"]
-        hist = Counter(stale)
         self.events.emit(
             "ps_metrics", version=self.version, epoch=self.epoch, samples_seen=self.samples_seen,
-            updates_per_s=round(self._interval_updates / interval, 2),
-            staleness={"p50": _pct(stale, 50), "p95": _pct(stale, 95), "max": max(stale, default=0),
-                       "hist": {str(k): v for k, v in sorted(hist.items())}},
-            dropped=self.dropped, lr=self.lr, rule={"name": self.rule.name, **self.rule.metrics()},
-            apply_ms=round(statistics.median(applies), 3) if applies else None,
+            **self._interval.report(interval), dropped=self.dropped, lr=self.lr,
+            rule={"name": self.rule.name, **self.rule.metrics()},
             busy=round(min(1.0, self._thread.busy_seconds() / interval), 3),
             live_workers=sum(w.active for w in self.workers.values()),
         )
-        if self.config.max_staleness and stale and sum(
-                s > self.config.max_staleness for s in stale) > len(stale) / 2:
+        if self.config.max_staleness and self._interval.mostly_staler_than(self.config.max_staleness):
             self._alert("warning", AlertCode.STALENESS_HIGH,
                         f"most pushes in the last {interval:.0f}s were staler than "
                         f"{self.config.max_staleness} and were dropped: use fewer workers or raise the bound")
-        self._interval = {"staleness": [], "apply_ms": []}
-        self._interval_updates = 0
+        self._interval = Interval()
         for lost in self.members.find_lost(self.epoch):
             self._alert("error", lost.code, lost.message, worker=lost.worker)
             if lost.died:
@@ -340,11 +327,3 @@ class ParameterServer:
     @property
     def never_registered(self) -> str:
         return self.members.never_registered
-
-
-def _pct(values: list[int], q: int) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)])
-

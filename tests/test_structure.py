@@ -74,3 +74,41 @@ def test_alert_codes_are_named_constants_and_documented():
     documented = (ROOT / "docs" / "events.md").read_text()
     for code in AlertCode:
         assert code is AlertCode.PROCESS_EXIT or f"`{code}`" in documented, code
+
+
+# What adt reads from the environment: how a launcher (adt's supervisor or torchrun) wires the
+# processes together, never a setting. Settings travel in the run's config (devices included).
+PLUMBING = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+            "TP_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "OMP_NUM_THREADS", "PYTHONPATH",
+            "CUDA_VISIBLE_DEVICES", "TORCHELASTIC_USE_AGENT_STORE",
+            "ADT_PROFILE"}  # ADT_PROFILE: a developer's profiler switch
+
+
+def _environment_reads(path: Path) -> set[str]:
+    """The names a file reads with os.environ[...], os.environ.get(...) or os.getenv(...), or
+    through a name `env` (a copy of the environment, or the environment handed in)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        key = None
+        if (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+                and ast.unparse(node.value).endswith(("environ", "env"))):
+            key = node.slice
+        elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith(("environ.get", "env.get", "getenv")):
+            key = node.args[0] if node.args else None
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            found.add(key.value)
+    return found
+
+
+def test_no_setting_travels_by_environment_variable():
+    """A device (or any setting) read from a variable that one launcher sets is how `adt launch`
+    once failed at its first GPU push: every process reads settings from the run's config."""
+    from engine.config import RunConfig
+
+    settings = {name.upper() for name in RunConfig.__dataclass_fields__}
+    reads = {name: f.relative_to(ROOT) for p in PACKAGES for f in (ROOT / p).glob("*.py")
+             for name in _environment_reads(f)}
+    assert "RANK" in reads and "MASTER_PORT" in reads  # the scan sees what it should
+    strays = {name: str(where) for name, where in reads.items()
+              if name not in PLUMBING or name.removeprefix("ADT_") in settings}
+    assert strays == {}, strays
