@@ -28,7 +28,6 @@ from engine.config import ConfigError, RunConfig
 from engine.events import AlertCode
 from engine.fingerprint import PROJECT_ROOT, SOURCE_DIRS, source_hash
 from engine.rundir import RunDir
-from engine.sources import job_sources
 
 from .charts import AXES, CHARTS, Chart, chart_spec
 from .compare import Comparison, Reference
@@ -132,11 +131,11 @@ class AdtApp(App[int]):
             raise ValueError("pass exactly one of config (start a job) or run_dir (watch one)")
         self.config = config
         self.own_dirs = default_source_dirs() if source_dirs is None else [Path(d) for d in source_dirs]
-        self.sources: StartedSources | None = None  # the job's files as it started (adt_tui/stale.py)
         self.restart_on_change = restart_on_change
         self.clock = clock
         self.python = python
-        self.job = JobController.attach(run_dir) if run_dir else JobController(python=python or sys.executable)
+        self.job = (JobController.attach(run_dir, self.own_dirs) if run_dir
+                    else JobController(python=python or sys.executable, source_dirs=self.own_dirs))
         self.feed: RunFeed | None = None  # the current run's events, folded (adt_tui/feed.py)
         self.stats = ProcStats()
         self.usage: dict[int, Usage] = {}
@@ -147,8 +146,6 @@ class AdtApp(App[int]):
         self.narrow = self.short = False
         self.logs_wanted: bool | None = None  # l pressed: the user's choice beats the layout's
         self._chart_turn = 0  # draw_charts takes turns over the charts
-        self.started_fingerprint = ""
-        self.stale: StaleCode | None = None  # what changed under the job (adt_tui/stale.py)
         self.stopping = False
         self.busy = False  # a stop or restart is under way: keys r/s/q wait for it
         self._stop_dialog: ChoiceScreen | None = None  # the open "Stop the job?" question
@@ -226,8 +223,6 @@ class AdtApp(App[int]):
         else:
             self._open_run(self.supervisor.run_dir)  # type: ignore[union-attr]
             if self.job_running():
-                self.sources = self._job_sources(self.supervisor.config)  # type: ignore[union-attr]
-                self.stale = StaleCode(self.sources)
                 self._start_watcher()
         self.layout_for(*self.size)
         self.set_interval(TICK, self.tick)
@@ -237,15 +232,8 @@ class AdtApp(App[int]):
     # --- the job ------------------------------------------------------------------------------
     def start_job(self, config: RunConfig) -> None:
         """Start a job with the current code."""
-        self._starting(config)
-        self._started(self.job.start(config))
-
-    def _starting(self, config: RunConfig) -> None:
-        """Take the code's fingerprint as the job starts: what stale means from now on."""
-        self.sources = self._job_sources(config)
-        self.started_fingerprint = self.sources.fingerprint
-        self.stale = StaleCode(self.sources)
         self.config = config
+        self._started(self.job.start(config))
 
     def _started(self, run_dir: Path) -> None:
         self.stopping = False
@@ -254,8 +242,19 @@ class AdtApp(App[int]):
             self._open_run(run_dir)
         self._start_watcher()
 
-    def _job_sources(self, config: RunConfig) -> StartedSources:
-        return StartedSources(job_sources(config, self.own_dirs), config.config_file)
+    @property
+    def stale(self) -> StaleCode | None:
+        """The job's files as it started, and what changed since (the controller's)."""
+        return self.job.stale
+
+    @property
+    def sources(self) -> StartedSources | None:
+        return self.job.stale.sources if self.job.stale else None
+
+    @property
+    def started_fingerprint(self) -> str:
+        """The code this monitor started the job with ("" for a job it attached to)."""
+        return self.job.stale.sources.fingerprint if self.owned and self.job.stale else ""
 
     @property
     def source_paths(self) -> list[Path]:
@@ -653,7 +652,7 @@ class AdtApp(App[int]):
             try:
                 config = (self.sources.updated(self.config) if self.sources
                           else RunConfig.from_dict(self.config.to_dict()))  # type: ignore[union-attr]
-                self._starting(config)
+                self.config = config
                 run_dir = self.job.restart(then, config)
             except ConfigError as exc:  # the config file was changed into something invalid, or --mps failed
                 self.notify(str(exc), title="not restarted", severity="error", timeout=15, markup=False)

@@ -1,11 +1,13 @@
 """One job's life, the same for every front end: start, poll, a lost worker brought back, restart,
-stop, how the run ended and the exit code. No Textual here: the monitor and `adt run --no-ui`
-both drive a `JobController`, and only how they show it differs.
+stop, stale code (what changed under the job since it started), how the run ended and the exit
+code. No Textual here: the monitor, `adt run --no-ui` and `adt launch` drive a `JobController`,
+and only how they show it differs.
 
-The processes themselves are the Supervisor's (adt_tui/supervisor.py); this class holds what
-lasts across the job's starts: the config, the restarts each worker used, whether the exits of
-the last start were written down. A restart is a typed command (`Restart`, `BringBack`), not a
-string.
+The processes themselves are one start's process layer: the Supervisor's children
+(adt_tui/supervisor.py), or torchrun's under `adt launch` (adt_tui/multinode.py). This class
+holds what lasts across the job's starts: the config, the restarts each worker used, whether the
+exits of the last start were written down. A restart is a typed command (`Restart`,
+`BringBack`), not a string.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 from engine.config import RunConfig
 from engine.events import EventWriter, ExitCode
 from engine.rundir import RunDir, checkpoint_path
+from engine.sources import job_sources
 
 from .processes import describe_exit
+from .stale import StaleCode, StartedSources
 from .supervisor import Child, Supervisor, new_run_id
 
 
@@ -51,24 +55,30 @@ Then = Restart | BringBack | Quit | None  # what a front end does once a stop is
 
 class JobController:
     def __init__(self, config: RunConfig | None = None, python: str = sys.executable,
-                 processes: Callable[[RunConfig | None, str], Supervisor] = Supervisor) -> None:
+                 processes: Callable[[RunConfig | None, str], Supervisor] = Supervisor,
+                 source_dirs: list[Path] | None = None) -> None:
         """`processes` makes one start's process layer from the config: the Supervisor (local
-        children), or `adt launch`'s TorchrunNode (adt_tui/multinode.py)."""
+        children), or `adt launch`'s TorchrunNode (adt_tui/multinode.py). `source_dirs` replaces
+        adt's own source directories among the job's watched files (tests watch a temp dir)."""
         if config is not None and not config.run_id:
             config.run_id = new_run_id()  # known before the start: a front end reads its run dir
         self.config = config
         self.python = python
         self.processes = processes
+        self.source_dirs = source_dirs
         self.supervisor: Supervisor | None = None
+        self.stale: StaleCode | None = None  # the job's files as it started, and what changed since
         self.restarts: dict[int, int] = {}  # worker -> times the job restarted to bring it back
         self.finished = False  # the exits of the current start are written down
 
     @classmethod
-    def attach(cls, run_dir: str | Path) -> JobController:
-        """Watch (and maybe stop) a job another adt started: `adt watch`."""
-        job = cls()
+    def attach(cls, run_dir: str | Path, source_dirs: list[Path] | None = None) -> JobController:
+        """Watch (and maybe stop) a job another adt started: `adt watch`. Its files count as they
+        are now; the code it runs is what its run_start says."""
+        job = cls(source_dirs=source_dirs)
         job.supervisor = Supervisor.attach(run_dir)
         job.config = job.supervisor.config
+        job.stale = job._sources_now(job.config)
         return job
 
     # --- what it is ---------------------------------------------------------------------------
@@ -98,6 +108,8 @@ class JobController:
         """Start the job's processes (with Ctrl+C and SIGTERM held until every one is known: one
         arriving mid-start would leave a child started but unknown, which no stop would reach)."""
         self.config = config or self.config
+        if self.config is not None:  # what stale means from now on (`adt launch` watches nothing)
+            self.stale = self._sources_now(self.config)
         mps = None
         if self.supervisor is not None:
             mps, self.supervisor.mps = self.supervisor.mps, None  # the job's MPS daemon lives on
@@ -191,6 +203,9 @@ class JobController:
         """The main process ended as a stop asks it to (0, or SIGTERM before it could say so)."""
         main = self.main_child()
         return main is None or main.exit_code in (0, -signal.SIGTERM)
+
+    def _sources_now(self, config: RunConfig) -> StaleCode:
+        return StaleCode(StartedSources(job_sources(config, self.source_dirs), config.config_file))
 
     def _note_restart(self, command: BringBack) -> None:
         """Count the restart and write `worker_restart` (every child has exited: we may write)."""

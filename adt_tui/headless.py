@@ -9,20 +9,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from engine.config import RunConfig
 from engine.events import EventTail
 from engine.rundir import RunDir
-from engine.sources import job_sources
 
 from .compare import Comparison, Reference, Standing
 from .controller import BringBack, JobController
 from .launch import prepare_job
 from .series import Curves
-from .stale import StaleCode, StartedSources
 from .state import RunState
 from .tensorboard import TensorBoardWriter
 from .watcher import SourceWatcher
@@ -176,27 +174,30 @@ class StaleCodeWarner:
     leaves the job's files different from what it started with. Runs its own event loop on a
     thread; `warnings()` hands the lines to the printing thread."""
 
-    def __init__(self, paths: Iterable[str | Path], config_file: str = "") -> None:
-        self.sources = StartedSources(paths, config_file)  # before the job starts: what it loads
-        self.started = self.sources.fingerprint
-        self.stale = StaleCode(self.sources)
+    def __init__(self, job: JobController) -> None:
+        """Judged by the job's controller's StaleCode, of its current start."""
+        self.job = job
         self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._watcher = SourceWatcher(self.sources.paths, self._changed)
+        self._watcher: SourceWatcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
     def _changed(self, paths: tuple[str, ...], _at: float) -> None:
-        if not self.stale.changed(paths, self.started):
+        stale = self.job.stale
+        if stale is None or not stale.changed(paths, stale.sources.fingerprint):
             return
-        what, then = (("config", "use it") if all(self.sources.is_config(p) for p in paths)
+        what, then = (("config", "use it") if all(stale.sources.is_config(p) for p in paths)
                       else ("source", "run the new code"))
         self._lines.put(f"WARNING: {what} changed under the running job: "
-                        f"{', '.join(self.sources.names(paths))}; restart to {then} "
-                        f"(started with code {self.started}, now {self.stale.now})")
+                        f"{', '.join(stale.sources.names(paths))}; restart to {then} "
+                        f"(started with code {stale.sources.fingerprint}, now {stale.now})")
 
     def start(self) -> None:
+        """Watch the job's files (once it started: its controller knows them then)."""
+        assert self.job.stale is not None
+        self._watcher = watcher = SourceWatcher(self.job.stale.sources.paths, self._changed)
         self._loop = loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=lambda: loop.run_until_complete(self._watcher.run()),
+        self._thread = threading.Thread(target=lambda: loop.run_until_complete(watcher.run()),
                                         name="adt-source-watch", daemon=True)
         self._thread.start()
 
@@ -207,7 +208,7 @@ class StaleCodeWarner:
         return lines
 
     def stop(self) -> None:
-        if self._thread is None or self._loop is None:
+        if self._thread is None or self._loop is None or self._watcher is None:
             return
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._watcher.stop)
@@ -226,7 +227,6 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
     events_path = RunDir(job.run_dir).events
     # A resumed run appends to its old events: print (and judge the outcome by) this start's only.
     offset = events_path.stat().st_size if events_path.exists() else 0
-    stale = StaleCodeWarner(job_sources(config), config.config_file)
     printer = Printer(out, Comparison(Reference(config.compare, config.runs_dir) if config.compare else None))
     tail = EventTail(events_path, offset)
     tensorboard = TensorBoardWriter(config.tensorboard, config.run_id) if config.tensorboard else None
@@ -244,6 +244,7 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
     def on_term(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
+    stale = StaleCodeWarner(job)
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         run_dir = job.start()

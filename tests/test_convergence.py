@@ -4,7 +4,11 @@ within MARGIN of `--workers 0` at equal epochs, and neither run raises an alert.
 
 MARGIN: three repeated runs of this test's two jobs on the 2-core machine ended at 92.6/91.4,
 93.4/92.0 and 92.6/91.2% (one process / two workers), a gap of 1.2-1.4 points; 8 points leaves
-room for other interleavings of the workers under load."""
+room for other interleavings of the workers under load.
+
+MARGIN_4: three repeated runs of the four-worker test's two jobs, on the 2-core machine while the
+whole test suite ran beside them (2026-12-01), ended at 91.4/87.0, 93.4/89.2 and 93.0/88.4% (one
+process / four workers): a gap of 4.2-4.6 points; 12 points leave as much room again and more."""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from engine.synth import write_synthetic
 from .conftest import tiny_config
 
 MARGIN = 0.08
-MARGIN_4 = 0.15  # not yet chosen from repeated runs: wide until it is
+MARGIN_4 = 0.12
 
 
 @pytest.fixture(scope="module")
