@@ -442,11 +442,6 @@ class AdtApp(App[int]):
     def stale_paths(self) -> list[str]:
         return self.stale.paths if self.stale else []
 
-    @property
-    def stale_seen_at(self) -> float | None:
-        """Monotonic: when the stale-code warning went up."""
-        return self.stale.since if self.stale else None
-
     # --- stale code ---------------------------------------------------------------------------
     def _start_watcher(self) -> None:
         if self.watcher is not None:
@@ -519,18 +514,10 @@ class AdtApp(App[int]):
         self.log_view.toggle_noise()
 
     def action_newest_error(self) -> None:
-        view = self.log_view
-        others = [] if view.error_count else [n for n in view.tabs_with_errors() if n != view.active]
-        if not (view.error_count or others):
+        if self.log_view.show_newest_error():
+            self.logs_wanted = True
+        else:
             self.notify("No errors in the logs.", severity="information")
-            return
-        if others:
-            view.select_then_jump(others[-1])
-        elif view.display:
-            view.jump_to_newest_error()
-        else:  # it has no size until the next layout
-            view.query_one("#log").call_after_refresh(view.jump_to_newest_error)
-        self.logs_wanted = view.display = True
 
     def action_detail(self) -> None:
         self.push_screen(DetailScreen(detail_text(self.state, self.table.selected, self.usage,

@@ -95,6 +95,9 @@ class Symptoms:
         expected = max(1, self.workers - 1)
         if p95 is None or p95 <= STALE * expected + 1:
             return None
+        bound = int(self.config.get("max_staleness") or 0)
+        if bound and bound <= STALE * expected + 1:
+            return None  # staler pushes are dropped, not applied: that is `dropped`'s finding
         overlap = " and --overlap adds one more" if self.config.get("overlap") else ""
         # Asynchrony with staleness t acts like momentum t/(1+t) (Mitliagkas et al. 2016).
         return Finding("staleness", f"pushes are {p95:g} updates stale at p95 (max {top:g}) with "

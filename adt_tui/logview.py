@@ -154,6 +154,21 @@ class LogView(Vertical):
                 found.append(name)
         return found
 
+    def show_newest_error(self) -> bool:
+        """Open the logs at the newest error: this tab's, else the newest tab with one; False
+        when no log holds an error."""
+        others = [] if self.error_count else [n for n in self.tabs_with_errors() if n != self.active]
+        if not (self.error_count or others):
+            return False
+        if others:
+            self.select_then_jump(others[-1])
+        elif self.display:
+            self.jump_to_newest_error()
+        else:  # it has no size until the next layout
+            self.query_one("#log").call_after_refresh(self.jump_to_newest_error)
+        self.display = True
+        return True
+
     def select_then_jump(self, name: str) -> None:
         """Show process `name`'s log at its newest error (the tab loads on its own message)."""
         self._jump_pending = True

@@ -299,13 +299,17 @@ class TorchrunNode:
         kill_all(procs)  # psutil checks each pid was not reused since we saw it
 
     def record_exits(self, run_ended: bool) -> None:
-        """If the PS never wrote `run_end`, say how the run ended (it is gone: we may write now)."""
+        """If the PS never wrote `run_end`, say how the run ended (it is gone: we may write now):
+        stopped, when we asked torchrun to stop and it did (e.g. while the job was still forming)."""
         main = self.main_child()
         if run_ended or self.run_dir is None or main is None:
             return
+        stopped = self.stopping and main.exit_code in (0, -signal.SIGTERM)
+        message = ("stopped on request before the PS wrote its end" if stopped
+                   else f"torchrun exited with code {main.exit_code} before the run ended")
         writer = EventWriter(RunDir(self.run_dir).events, self.run_id)
-        writer.emit("run_end", outcome="failed", version=None, epoch=None, best_val_acc=None,
-                    message=f"torchrun exited with code {main.exit_code} before the run ended; see {self.log_path}")
+        writer.emit("run_end", outcome="stopped" if stopped else "failed", version=None, epoch=None,
+                    best_val_acc=None, message=f"{message}; see {self.log_path}")
         writer.close()
 
     def release(self) -> None:

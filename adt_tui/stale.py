@@ -1,10 +1,11 @@
 """What a running job depends on, as it was when the job started, so that a change has a name.
 
-The monitor and the headless runner each hold one `StartedSources`: the paths the job's code
+Each start of a job (adt_tui/controller.py) takes a `StartedSources`: the paths the job's code
 fingerprint covers (engine/sources.py: adt's code, the user's model, the TOML config, --watch
-paths), their fingerprint at the start, and the settings the TOML file held then. A changed file is
-named by its path below the watched root (`engine/worker.py`, `my_model.py`); the config file by
-the settings that changed (`adt.toml (config changed: epochs, lr)`).
+paths), their fingerprint at the start, and the settings the TOML file held then; its `StaleCode`
+says what changed since. A changed file is named by its path below the watched root
+(`engine/worker.py`, `my_model.py`); the config file by the settings that changed
+(`adt.toml (config changed: epochs, lr)`).
 """
 
 from __future__ import annotations
@@ -76,17 +77,14 @@ class StartedSources:
 
 class StaleCode:
     """Whether a running job runs its files as they are now: what changed since it started, and
-    since when it is stale. The monitor and the headless runner each keep one per start."""
+    since when it is stale. The job controller takes one at each start; the monitor and the
+    headless runner read it."""
 
     def __init__(self, sources: StartedSources) -> None:
         self.sources = sources
         self.now: str | None = None  # the files' fingerprint now, while it differs from the job's
         self.paths: list[str] = []  # what changed, while the job is stale
         self.since: float | None = None  # monotonic: when it first went stale
-
-    @property
-    def stale(self) -> bool:
-        return bool(self.paths)
 
     def changed(self, paths: Iterable[str], runs: str) -> bool:
         """Note files that changed under a job that runs the code `runs` (a fingerprint); True

@@ -39,6 +39,7 @@ class ParameterServer:
         self.num_workers, self.device = num_workers, device
         self.checkpoint_dir, self.meta = checkpoint_dir, meta
         self.num_classes = len(data.classes)
+        torch.manual_seed(config.seed)  # --seed: the global model's initialisation (workers take its weights)
         self.flat = FlatModel(build_for(config, self.num_classes, data.image_size).to(device))
         self.model = self.flat.model
         # Each component gets the sections of the config it reads, not the whole config.

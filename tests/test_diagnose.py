@@ -17,7 +17,9 @@ QUICK = ("--loader-workers", "0", "--log-interval", "0.25", "--batch-size", "16"
 SHAPES = {
     "healthy": ("--workers", "2", "--epochs", "2"),
     "staleness": ("--workers", "4", "--epochs", "3", "--update-rule", "sgd", "--overlap"),
-    "dropped": ("--workers", "3", "--epochs", "1", "--max-staleness", "1"),
+    # 3 epochs: the barriers start the workers together (a first epoch alone may run them one
+    # after another when one starts late, and nothing is stale then).
+    "dropped": ("--workers", "3", "--epochs", "3", "--max-staleness", "1"),
     "warmup": ("--workers", "2", "--epochs", "2", "--warmup", "20ep"),
     "ps_busy": ("--workers", "2", "--epochs", "1", "--eval-every", "1", "--max-updates", "40"),
     "slow_worker": ("--workers", "2", "--epochs", "3"),  # worker 1 runs a twentieth of the time

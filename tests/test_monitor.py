@@ -126,7 +126,7 @@ async def test_stale_code_warning_names_the_file_and_restart_shows_new_fingerpri
         latency = await wait_for(pilot, "the stale-code warning",
                                  lambda: "model_code.py" in alert_text(app), 30)
         print(f"save -> warning visible: {latency * 1000:.0f} ms "
-              f"(watcher delivered after {(app.stale_seen_at - saved) * 1000:.0f} ms)")
+              f"(watcher delivered after {(app.stale.since - saved) * 1000:.0f} ms)")
         text = screen_text(app)
         assert "STALE CODE" in text and f"now {fingerprint([src])}" in text
 
