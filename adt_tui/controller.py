@@ -142,11 +142,14 @@ class JobController:
     def bring_back(self, lost: Child) -> BringBack:
         return BringBack(lost.worker, f"{lost.label} {describe_exit(lost.exit_code)}")
 
-    def stop(self, grace: float | None = None) -> None:
-        """Graceful stop (the PS writes a final checkpoint), SIGKILL after the grace period.
-        Blocks: the monitor calls it from a thread."""
+    def stop(self, grace: float | None = None, announce: Callable[[], None] | None = None) -> None:
+        """Graceful stop (the PS writes a final checkpoint), SIGKILL after the grace period;
+        `announce` runs once every process has its signal. Blocks: the monitor calls it from a
+        thread."""
         if self.supervisor is not None and self.running():
-            self.supervisor.stop(grace)
+            self.supervisor.stop(grace, announce)
+        elif announce is not None:
+            announce()  # nothing runs: nothing to wait for either
 
     def kill(self) -> None:
         if self.supervisor is not None:

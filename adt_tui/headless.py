@@ -271,9 +271,9 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
             time.sleep(0.2)
     except KeyboardInterrupt:
         interrupted = True
-        printer.line(f"stopping (grace period {config.grace_period:.0f}s; the PS writes a final checkpoint)...")
         try:
-            job.stop()
+            job.stop(announce=lambda: printer.line(f"stopping (grace period {config.grace_period:.0f}s; "
+                                                   "the PS writes a final checkpoint)..."))
         except KeyboardInterrupt:
             job.kill()
     finally:

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -276,13 +277,15 @@ class TorchrunNode:
                     return True
         return False
 
-    def stop(self, grace: float | None = None) -> None:
+    def stop(self, grace: float | None = None, announce: Callable[[], None] | None = None) -> None:
         self.stopping = True
         main = self.main_child()
         if main is None:
             return
         self._remember()
         main.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]  # torchrun forwards it
+        if announce is not None:
+            announce()
         with contextlib.suppress(subprocess.TimeoutExpired):
             main.popen.wait(self.grace if grace is None else grace)  # type: ignore[union-attr]
         self.kill()

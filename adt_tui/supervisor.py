@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,14 +183,18 @@ class Supervisor:
             self.mps.quit()
             self.mps = None
 
-    def stop(self, grace: float | None = None) -> None:
-        """Graceful stop (SIGTERM: the PS writes a final checkpoint), then SIGKILL after `grace`."""
+    def stop(self, grace: float | None = None, announce: Callable[[], None] | None = None) -> None:
+        """Graceful stop (SIGTERM: the PS writes a final checkpoint), then SIGKILL after `grace`.
+        `announce` runs once every process has its signal: a front end says "stopping" only then,
+        so that whoever sees it knows the stop no longer depends on us."""
         self.stopping = True
         grace = self.config.grace_period if grace is None else grace
         tree = self._tree()
         for child in self.children:
             if child.running:
                 signal_group(child.pid, signal.SIGTERM)
+        if announce is not None:
+            announce()
         if not self.wait(grace):
             self.kill()
         kill_all(tree)
