@@ -46,12 +46,13 @@ class RunInfo:
         return asdict(self)
 
 
-def run_info(run_dir: str | Path, checkpoints_dir: str | Path = "checkpoints") -> RunInfo:
-    """Read one run directory (which must hold config.json)."""
+def run_info(run_dir: str | Path, checkpoints_dir: str | Path = "checkpoints",
+             run: RunState | None = None) -> RunInfo:
+    """Read one run directory (which must hold config.json); `run`: its events, already folded."""
     run_dir = Path(run_dir).resolve()
     config = RunDir(run_dir).read_config()
-    events = RunDir(run_dir).events
-    run = RunState.from_file(events) if events.is_file() else RunState()  # the monitor's fold
+    if run is None:
+        run = read_run(run_dir)
     running = _alive(run_dir)
     if running:
         state = "running"
@@ -72,6 +73,12 @@ def run_info(run_dir: str | Path, checkpoints_dir: str | Path = "checkpoints") -
         duration=run.trained(time.time() if running else None),
         checkpoint_dir=run.checkpoint_dir or str(Path(checkpoints_dir).resolve() / run_dir.name),
     )
+
+
+def read_run(run_dir: Path) -> RunState:
+    """A run's events through the monitor's fold (empty when it never wrote one)."""
+    events = RunDir(run_dir).events
+    return RunState.from_file(events) if events.is_file() else RunState()
 
 
 def list_runs(runs_dir: str | Path = "runs", checkpoints_dir: str | Path = "checkpoints") -> list[RunInfo]:

@@ -14,10 +14,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.rundir import RunDir
-
-from .history import find_run, format_duration, run_info
-from .state import RunState
+from .history import find_run, format_duration, read_run, run_info
 
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -42,10 +39,10 @@ class RunSeries:
 
 def load_series(run_dir: Path) -> RunSeries:
     """A run's curves from its event stream, folded by the same code as the monitor's charts."""
-    info = run_info(run_dir)
+    run = read_run(run_dir)  # the monitor's fold, read once
+    info = run_info(run_dir, run=run)
     mode = "single process (--workers 0)" if info.workers == 0 else f"async, {info.workers} workers"
     series = RunSeries(info.run_id, f"{info.run_id}: {mode}", info.state, 0, info.duration)
-    run = RunState.from_file(RunDir(run_dir).events)  # the monitor's fold
     curves, series.epochs = run.curves, run.config.get("epochs", 0)
     for worker in curves.workers:
         loss, acc = curves.train_loss[worker], curves.train_acc[worker]
