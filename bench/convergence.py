@@ -138,6 +138,10 @@ def plot(results: dict[str, Any], png: Path) -> None:
 def runs_to_do(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     """(name, overrides) of every run: each configuration once per seed."""
     configs = [] if args.skip_single else [("single process (--workers 0)", {"workers": 0})]
+    lr = next((float(v) for k, _, v in (item.partition("=") for item in args.set) if k == "lr"), RunConfig().lr)
+    for n in [int(x) for x in args.sync.split(",") if x]:  # what N synchronous workers reach
+        configs.append((f"sync N={n} (one process, batch and LR x{n})",
+                        {"workers": 0, "batch_size": args.batch * n, "lr": lr * n}))
     for n in [int(x) for x in args.workers.split(",") if x]:
         for item in args.rules.split(","):
             rule, _, forced = item.partition("+")  # "rule+overlap": this rule with overlap only
@@ -163,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="2,4", help="async worker counts (the single process always runs)")
     p.add_argument("--rules", default="async-momentum,dc-asgd,local-sgd,lr/staleness,sgd",
                    help="update rules, comma-separated; RULE+overlap runs that rule with --overlap")
+    p.add_argument("--sync", default="", metavar="N,...",
+                   help="also run what N synchronous workers (DDP) reach at equal epochs: one process at N "
+                        "times the batch and, by the linear scaling rule, the LR")
     p.add_argument("--overlap", choices=("off", "on", "both"), default="off")
     p.add_argument("--seeds", default="0", help="seeds, comma-separated: every configuration runs once per seed")
     p.add_argument("--mps", action="store_true", help="async runs share their GPU through MPS (--mps)")

@@ -8,6 +8,8 @@
 #   one-gpu:  single process and N=2 on GPU 0, N=4 and N=8 on GPU 1, all with --mps (defaults)
 #   gpu0, gpu1: one half of one-gpu (run two sets at once: `... a gpu1 & ... b gpu0; wait`)
 #   two-gpus: N=2, 4, 8 over both GPUs (1, 2, 4 workers per GPU; no MPS), then N=4 --overlap
+#   rules: on one GPU (--mps), what N synchronous workers reach (--sync 4,8), dana at N=4 and 8,
+#          then N=4 with the default rule and --overlap, and local-sgd at its defaults
 set -uo pipefail
 out=${1:?OUTDIR}; set=${2:?a or b}; plan=${3:?one-gpu or two-gpus}; seeds=${4:-0,1,2}
 mkdir -p "$out"
@@ -38,6 +40,9 @@ if [ "$plan" = gpu0 ]; then  # one half of one-gpu: two sets can then share the 
   stream 0 gpu0 --workers 2 --rules default --mps
 elif [ "$plan" = gpu1 ]; then
   stream 1 gpu1 --workers 4,8 --rules default --mps --skip-single
+elif [ "$plan" = rules ]; then
+  stream 0 rules --workers 4,8 --rules dana --sync 4,8 --skip-single --mps
+  stream 0 rules2 --workers 4 --rules default+overlap,local-sgd --skip-single --mps
 elif [ "$plan" = one-gpu ]; then
   stream 0 gpu0 --workers 2 --rules default --mps &
   stream 1 gpu1 --workers 4,8 --rules default --mps --skip-single &

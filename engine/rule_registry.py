@@ -33,6 +33,8 @@ RULE_SPECS = (
              optimizers=("sgd",)),
     RuleSpec("delayed-nesterov", "gradients at once; the momentum takes each round of N pushes once",
              optimizers=("sgd",)),
+    RuleSpec("dana", "a momentum per worker; workers compute where all of them will carry the model",
+             optimizers=("sgd",)),
     RuleSpec("local-sgd", "workers take --local-steps steps and push the delta; the PS steps on it",
              worker_sends="delta"),
 )

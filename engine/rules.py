@@ -372,6 +372,50 @@ class DelayedNesterov(UpdateRule):
         self.count = state["count"]
 
 
+class PerWorkerMomentum(UpdateRule):
+    """`dana`: one momentum buffer per worker, and every worker is sent where all of them will
+    have carried the model: w - lr * mu * (v_1 + ... + v_N) (DANA-Zero, Hakimi et al. 2019,
+    "Taming momentum in a distributed asynchronous environment"). A push from worker i updates
+    v_i <- mu * v_i + g and the model by lr * v_i. Over a round of N pushes that is momentum SGD
+    on the sum of N gradients, each computed near where the round's momentum takes the model, so
+    a stale gradient never feeds back through another worker's momentum; with N = 1 it is
+    Nesterov SGD."""
+
+    name = "dana"
+
+    def __init__(self, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,
+                 config: RunConfig | Settings) -> None:
+        super().__init__(params, grads, model, config)
+        self.buffers: dict[int, torch.Tensor] = {}  # worker -> its momentum
+        self.total = torch.zeros_like(params)  # the sum of every worker's momentum
+        self.lr = 0.0  # of the last update: the next ones will be about as large
+
+    def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=0.0)  # unused: the rule steps by itself
+
+    def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
+        g = self.grads.add_(self.params, alpha=self.config.weight_decay)
+        v = self.buffers.setdefault(worker, torch.zeros_like(self.params))
+        self.total.sub_(v)
+        v.mul_(self.config.momentum).add_(g)
+        self.total.add_(v)
+        self.params.add_(v, alpha=-lr)
+        self.lr = lr
+
+    def outgoing(self) -> torch.Tensor:
+        if not self.lr:
+            return self.params
+        return self.params - self.lr * self.config.momentum * self.total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rule": self.name, "buffers": self.buffers, "total": self.total, "lr": self.lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffers = {int(k): v.to(self.params.device) for k, v in state["buffers"].items()}
+        self.total.copy_(state["total"])
+        self.lr = state["lr"]
+
+
 class LocalSGD(UpdateRule):
     """`local-sgd`: the push is a worker's delta over `local_steps` steps; take an outer step on it.
 
@@ -398,7 +442,7 @@ class LocalSGD(UpdateRule):
 
 RULES = {rule.name: rule for rule in (UpdateRule, StalenessLR, AsyncMomentum, DelayCompensated, Lookahead,
                                       DampedLookahead, GapAware, LookaheadGapAware, DelayedNesterov,
-                                      LocalSGD)}
+                                      PerWorkerMomentum, LocalSGD)}
 
 
 def make_rule(config: RunConfig | Settings, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,
