@@ -2,7 +2,8 @@
 # The convergence table of issue 21 on a machine with two GPUs, in one device call: two streams of
 # `python -m bench.convergence`, each pinned to its own GPU (CUDA_VISIBLE_DEVICES), so two jobs run
 # at once; accuracy at equal samples does not depend on that, images/s is per GPU.
-# Usage: bash bench/gpu_convergence.sh OUTDIR a|b one-gpu|two-gpus [SEEDS]
+# Usage: bash bench/gpu_convergence.sh OUTDIR a|b one-gpu|two-gpus|rules [SEEDS]
+#        bash bench/gpu_convergence.sh OUTDIR a|b args SEEDS NAME BENCH-ARGS...  (one stream on GPU 0)
 #   a: ResNet-18, 200 classes, 64 px, 50,000 samples, 10 epochs
 #   b: ResNet-18, 100 classes, 32 px, 50,000 samples, 20 epochs
 #   one-gpu:  single process and N=2 on GPU 0, N=4 and N=8 on GPU 1, all with --mps (defaults)
@@ -40,6 +41,8 @@ if [ "$plan" = gpu0 ]; then  # one half of one-gpu: two sets can then share the 
   stream 0 gpu0 --workers 2 --rules default --mps
 elif [ "$plan" = gpu1 ]; then
   stream 1 gpu1 --workers 4,8 --rules default --mps --skip-single
+elif [ "$plan" = args ]; then
+  stream 0 "$5" "${@:6}"
 elif [ "$plan" = rules ]; then
   stream 0 rules --workers 4,8 --rules dana --sync 4,8 --skip-single --mps
   stream 0 rules2 --workers 4 --rules default+overlap,local-sgd --skip-single --mps
