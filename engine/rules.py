@@ -382,10 +382,14 @@ class PerWorkerMomentum(UpdateRule):
     Nesterov SGD."""
 
     name = "dana"
+    widest_round = 4  # a round of N pushes steps like one process at up to this many times its LR
 
     def __init__(self, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,
                  config: RunConfig | Settings) -> None:
         super().__init__(params, grads, model, config)
+        # A round is one step on the sum of N gradients: N times the LR, which the linear scaling
+        # rule allows only so far (on the GPU, N=8 at the full LR reached 62.8%, at half 73.3%).
+        self.lr_scale = min(1.0, self.widest_round / max(1, config.workers))
         self.buffers: dict[int, torch.Tensor] = {}  # worker -> its momentum
         self.total = torch.zeros_like(params)  # the sum of every worker's momentum
         self.lr = 0.0  # of the last update: the next ones will be about as large
@@ -395,6 +399,7 @@ class PerWorkerMomentum(UpdateRule):
 
     def apply(self, worker: int, staleness: int, base_version: int, lr: float) -> None:
         g = self.grads.add_(self.params, alpha=self.config.weight_decay)
+        lr *= self.lr_scale
         v = self.buffers.setdefault(worker, torch.zeros_like(self.params))
         self.total.sub_(v)
         v.mul_(self.config.momentum).add_(g)
