@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.rule_registry import rule_for
+
 from .series import num
 
 if TYPE_CHECKING:  # compare.py drives this module; it only hands a Standing in
@@ -103,7 +105,7 @@ class Symptoms:
         return Finding("staleness", f"pushes are {p95:g} updates stale at p95 (max {top:g}) with "
                        f"{self.workers} workers, where round-robin gives {expected}{overlap}; under "
                        f"{self.rule}, that acts like extra momentum of about {p95 / (1 + p95):.2f}",
-                       "--update-rule lookahead-gap-aware" + (", without --overlap" if overlap else "")
+                       f"--update-rule {rule_for(self.workers)}" + (", without --overlap" if overlap else "")
                        + ", or fewer workers")
 
     def _warmup(self) -> Finding | None:
@@ -124,7 +126,7 @@ class Symptoms:
         bound = self.config.get("max_staleness")
         return Finding("dropped", f"{dropped:.0f} of {dropped + version:.0f} pushes were dropped as staler "
                        f"than --max-staleness {bound}: their samples taught the model nothing",
-                       "a larger --max-staleness (or 0, no bound) with --update-rule lookahead-gap-aware")
+                       f"a larger --max-staleness (or 0, no bound) with --update-rule {rule_for(self.workers)}")
 
     def _slow_worker(self) -> Finding | None:
         """At the last two epochs' barriers the others waited most of each epoch for the same

@@ -75,10 +75,15 @@ def mean_curve(runs: list[dict[str, Any]]) -> list[tuple[float, float]]:
             for i in range(length)]
 
 
+def is_single(runs: list[dict[str, Any]]) -> bool:
+    """The single process at the benchmark's batch (not a --sync row, one process too)."""
+    return runs[0]["workers"] == 0 and runs[0]["name"].startswith("single")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     groups = grouped(rows)
     # The reference: the single process (or, in a file without one, the first configuration).
-    singles = next((runs for runs in groups.values() if runs[0]["workers"] == 0), next(iter(groups.values())))
+    singles = next((runs for runs in groups.values() if is_single(runs)), next(iter(groups.values())))
     single_curve = mean_curve(singles)
     final = single_curve[-1][1]
     base_speed = sum(r["images_per_s"] for r in singles) / len(singles) or None
@@ -113,7 +118,7 @@ def plot(results: dict[str, Any], png: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
     for name, runs in grouped(results["rows"]).items():
-        style = {"color": "black", "linewidth": 2.2} if runs[0]["workers"] == 0 else {"linewidth": 1.2}
+        style = {"color": "black", "linewidth": 2.2} if is_single(runs) else {"linewidth": 1.2}
         curve = mean_curve(runs)
         line, = ax.plot([s for s, _ in curve], [a for _, a in curve], marker=".",
                         label=f"{name} ({len(runs)} seeds)", **style)

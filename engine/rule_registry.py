@@ -43,11 +43,14 @@ _BY_NAME = {spec.name: spec for spec in RULE_SPECS}
 
 
 def rule_for(workers: int, optimizer: str = "sgd") -> str:
-    """The update rule `auto` means for this many workers: the best measured at that count
-    (docs/BENCHMARKS.md, Convergence). AdamW has no momentum buffer to look ahead with."""
+    """The update rule `auto` means for this many workers: the best measured at 2, 4 and 8 workers
+    on the GPU (docs/BENCHMARKS.md, Convergence); a count in between takes its nearest measured
+    count's rule (6: the larger). AdamW has no momentum buffer to look ahead with."""
     if optimizer != "sgd":
         return "gap-aware"
-    return "lookahead" if workers <= 2 else "lookahead-gap-aware"
+    if workers <= 2:
+        return "lookahead"
+    return "dana" if workers < 6 else "lookahead-gap-aware"
 
 
 def rule_spec(name: str, workers: int = 2, optimizer: str = "sgd") -> RuleSpec:

@@ -194,6 +194,6 @@ def test_adt_check_exits_2_on_a_num_classes_mismatch(data: Path) -> None:
 def test_the_preflight_settles_and_says_the_rule_and_the_augmentation(data: Path) -> None:
     cfg = config(data, workers=4)
     lines = "\n".join(preflight(cfg).lines())
-    assert cfg.update_rule == "lookahead-gap-aware" and cfg.augment in ("flip-crop", "crop")
-    assert "update rule: lookahead-gap-aware (the default for 4 workers" in lines
+    assert cfg.update_rule == "dana" and cfg.augment in ("flip-crop", "crop")
+    assert "update rule: dana (the default for 4 workers" in lines
     assert f"augment: {cfg.augment} (" in lines

@@ -149,6 +149,22 @@ def test_delayed_nesterov_with_one_worker_is_nesterov_sgd():
         assert close(push(flat, rule, grad, lr=0.1), reference.tolist())
 
 
+def test_dana_keeps_a_momentum_per_worker_and_sends_where_all_of_them_carry_the_model():
+    flat, rule = rule_on("dana", [0.0], workers=2)
+    assert close(push(flat, rule, [1.0], worker=0, lr=0.1), [-0.1])  # v0 = 1
+    assert close(push(flat, rule, [1.0], worker=1, lr=0.1), [-0.2])  # v1 = 1: worker 0's momentum untouched
+    assert close(push(flat, rule, [1.0], worker=0, lr=0.1), [-0.39])  # v0 = 0.9 * 1 + 1 = 1.9
+    # sent: the parameters less lr * momentum * (v0 + v1) = -0.39 - 0.1 * 0.9 * 2.9
+    assert close(rule.outgoing().tolist(), [-0.651])
+
+
+def test_dana_steps_a_round_at_most_four_times_one_process():
+    flat, rule = rule_on("dana", [0.0], workers=8, weight_decay=0.5)
+    # 8 workers: each push at half the scheduled LR; weight decay joins the gradient first
+    assert close(push(flat, rule, [1.0], lr=0.1), [-0.05])
+    assert close(push(flat, rule, [0.0], worker=1, lr=0.1), [-0.05 - 0.05 * 0.5 * -0.05])
+
+
 def test_local_sgd_takes_an_outer_step_on_the_delta():
     flat, rule = rule_on("local-sgd", [1.0, 2.0], outer_lr=0.5)
     assert close(push(flat, rule, [0.4, -0.2], lr=123.0), [0.8, 2.1])  # the scheduled LR is the workers'
@@ -193,6 +209,7 @@ def test_rule_state_survives_a_checkpoint(name):
             rule.sent(0, version)
             push(flat, rule, grad, staleness=staleness, base=version)
     assert close(a_flat.params.tolist(), b_flat.params.tolist())
+    assert close(a.outgoing().tolist(), b.outgoing().tolist())  # what the next worker is sent
     assert a.metrics() == b.metrics()
 
 
@@ -224,9 +241,8 @@ def test_warmup_in_updates_and_the_other_shapes():
 def test_auto_picks_the_rule_measured_best_for_the_worker_count():
     from engine.config import rule_for, update_rule_of
 
-    assert [rule_for(n) for n in (1, 2, 4, 8)] == ["lookahead", "lookahead", "lookahead-gap-aware",
-                                                   "lookahead-gap-aware"]
+    assert [rule_for(n) for n in range(1, 10)] == ["lookahead"] * 2 + ["dana"] * 3 + ["lookahead-gap-aware"] * 4
     assert rule_for(4, "adamw") == "gap-aware"  # no momentum buffer to look ahead with
-    assert update_rule_of(RunConfig(workers=4).validate()) == "lookahead-gap-aware"
+    assert update_rule_of(RunConfig(workers=4).validate()) == "dana"
     assert update_rule_of(RunConfig(workers=4, update_rule="sgd").validate()) == "sgd"
     assert RunConfig(workers=4, optimizer="adamw").validate().update_rule == "auto"  # accepted
