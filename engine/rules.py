@@ -66,6 +66,9 @@ class UpdateRule:
         """`params` (what `outgoing` gave; None: the global parameters) at `version` were just sent
         to `worker`."""
 
+    def gone(self, worker: int) -> None:
+        """`worker` left the job or was lost: forget what the rule keeps for it."""
+
     def metrics(self) -> dict[str, float]:
         return {}
 
@@ -391,7 +394,8 @@ class PerWorkerMomentum(UpdateRule):
         # rule allows only so far (on the GPU, N=8 at the full LR reached 62.8%, at half 73.3%).
         self.lr_scale = min(1.0, self.widest_round / max(1, config.workers))
         self.buffers: dict[int, torch.Tensor] = {}  # worker -> its momentum
-        self.total = torch.zeros_like(params)  # the sum of every worker's momentum
+        self.total = torch.zeros_like(params)  # the sum of the momentum of the workers in the job
+        self.gone_workers: set[int] = set()
         self.lr = 0.0  # of the last update: the next ones will be about as large
 
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -401,7 +405,10 @@ class PerWorkerMomentum(UpdateRule):
         g = self.grads.add_(self.params, alpha=self.config.weight_decay)
         lr *= self.lr_scale
         v = self.buffers.setdefault(worker, torch.zeros_like(self.params))
-        self.total.sub_(v)
+        if worker in self.gone_workers:  # back in the job
+            self.gone_workers.discard(worker)
+        else:
+            self.total.sub_(v)
         v.mul_(self.config.momentum).add_(g)
         self.total.add_(v)
         self.params.add_(v, alpha=-lr)
@@ -412,12 +419,22 @@ class PerWorkerMomentum(UpdateRule):
             return self.params
         return self.params - self.lr * self.config.momentum * self.total
 
+    def gone(self, worker: int) -> None:
+        """Its momentum will not be applied while it is away, so no worker is sent a point that
+        counts on it. The buffer stays, for a checkpoint: a resumed job has every worker back."""
+        if worker in self.buffers and worker not in self.gone_workers:
+            self.gone_workers.add(worker)
+            self.total.sub_(self.buffers[worker])
+
     def state_dict(self) -> dict[str, Any]:
-        return {"rule": self.name, "buffers": self.buffers, "total": self.total, "lr": self.lr}
+        return {"rule": self.name, "buffers": self.buffers, "lr": self.lr}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buffers = {int(k): v.to(self.params.device) for k, v in state["buffers"].items()}
-        self.total.copy_(state["total"])
+        self.total.zero_()
+        for v in self.buffers.values():
+            self.total.add_(v)
+        self.gone_workers.clear()
         self.lr = state["lr"]
 
 

@@ -252,6 +252,7 @@ class ParameterServer:
         state = self.workers.get(worker)
         if state is not None:
             state.left = True
+        self.rule.gone(worker)
         if reason.startswith("failed"):  # e.g. a shard it could not read: say so in the run, not only its log
             self.failures.append(f"worker {worker} {reason}")
             self._alert("error", AlertCode.WORKER_FAILED, f"worker {worker} {reason}", worker=worker)
@@ -320,6 +321,7 @@ class ParameterServer:
         self._interval = Interval()
         for lost in self.members.find_lost(self.epoch):
             self._alert("error", lost.code, lost.message, worker=lost.worker)
+            self.rule.gone(lost.worker)
             if lost.died:
                 self.events.emit("process_exit", role="worker", worker=lost.worker,
                                  pid=self.workers[lost.worker].pid, code=None, reason="lost")

@@ -156,6 +156,11 @@ def test_dana_keeps_a_momentum_per_worker_and_sends_where_all_of_them_carry_the_
     assert close(push(flat, rule, [1.0], worker=0, lr=0.1), [-0.39])  # v0 = 0.9 * 1 + 1 = 1.9
     # sent: the parameters less lr * momentum * (v0 + v1) = -0.39 - 0.1 * 0.9 * 2.9
     assert close(rule.outgoing().tolist(), [-0.651])
+    rule.gone(1)  # worker 1 left: its momentum will not be applied, so no one is sent its share
+    assert close(rule.outgoing().tolist(), [-0.39 - 0.1 * 0.9 * 1.9])
+    assert sorted(rule.state_dict()["buffers"]) == [0, 1]  # a checkpoint keeps it for a resume
+    assert close(push(flat, rule, [0.0], worker=1, lr=0.1), [-0.39 - 0.09])  # back: v1 = 0.9
+    assert close(rule.outgoing().tolist(), [-0.48 - 0.1 * 0.9 * (1.9 + 0.9)])
 
 
 def test_dana_steps_a_round_at_most_four_times_one_process():
