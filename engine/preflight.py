@@ -161,6 +161,19 @@ def _shared_gpu_warnings(config: RunConfig) -> list[str]:
             "`nvidia-cuda-mps-control -d` on each machine)."]
 
 
+MANY_WORKERS = 6  # from here on the measured cost of staleness is more than a few points
+
+
+def _many_workers_warnings(config: RunConfig) -> list[str]:
+    """Where async still learns well short of one process at equal epochs (docs/BENCHMARKS.md)."""
+    if config.workers < MANY_WORKERS:
+        return []
+    return [f"{config.workers} workers: each adds an update of staleness to every push. With 8, the default "
+            "rule ended 6.7 and 15.6 points below one process at equal epochs on the two GPU benchmarks "
+            "(4 workers: 2.1 and 2.8; docs/BENCHMARKS.md, Convergence). Fix: 4 workers or fewer, "
+            "with --mps where they share a GPU, or more epochs."]
+
+
 def preflight(config: RunConfig, local_workers: int | None = None) -> PreflightReport:
     """Place the job (writing concrete devices into `config`), then check the run's data end to
     end; raise ConfigError or DataError on the first problem, else report it.
@@ -202,7 +215,7 @@ def preflight(config: RunConfig, local_workers: int | None = None) -> PreflightR
                                "every rule measured on the GPU benchmark 17 to 28 points of final validation "
                                "accuracy (docs/BENCHMARKS.md, Convergence). Drop --overlap, or use "
                                "--update-rule lookahead-damped (83% instead of 38% on the CPU benchmark).")
-    report.warnings += _shared_gpu_warnings(config)
+    report.warnings += _shared_gpu_warnings(config) + _many_workers_warnings(config)
     report.seconds = round(time.monotonic() - start, 3)
     report.model = check_model(config, len(classes), spec.image_size)
     report.placement = placement.describe()
