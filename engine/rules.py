@@ -67,7 +67,7 @@ class UpdateRule:
         to `worker`."""
 
     def gone(self, worker: int) -> None:
-        """`worker` left the job or was lost: forget what the rule keeps for it."""
+        """`worker` left the job or was lost: it pushes no more unless it comes back."""
 
     def metrics(self) -> dict[str, float]:
         return {}
