@@ -15,7 +15,7 @@ from textual.message import Message
 from textual_plotext import PlotextPlot
 
 from .compare import mean_train_loss
-from .series import Curves, Series
+from .series import Curves, Series, count_label
 
 # One colour per worker (a colour-blind-friendly set), then the global model in the foreground.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -154,14 +154,6 @@ def nice_ticks(lo: float, hi: float, count: int) -> list[float]:
     step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
     first = math.ceil(lo / step) * step
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def count_label(value: float) -> str:
-    """12, 1.5k, 120k, 3.2M: samples on an axis."""
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= div:
-            return f"{value / div:.3g}{suffix}"
-    return f"{value:.0f}"
 
 
 def time_label(seconds: float) -> str:

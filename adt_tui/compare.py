@@ -26,7 +26,7 @@ from engine.rundir import RunDir
 from .diagnose import Symptoms, explain
 from .expectation import Expectation, matching
 from .history import find_run
-from .series import Curves, Series
+from .series import Curves, Series, count_label
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,12 @@ class Standing:
     at_its_end: bool = False  # the reference ended before this run's samples: compared at its end
 
     def text(self) -> str:
-        where = (f"at its last validation, {_count(self.samples)} samples" if self.at_its_end
-                 else f"at {_count(self.samples)} samples")
+        where = (f"at its last validation, {count_label(self.samples)} samples" if self.at_its_end
+                 else f"at {count_label(self.samples)} samples")
         return f"{_signed(self.points)} points vs {self.reference} {where}"
 
     def short(self) -> str:
-        return f"{_signed(self.points)} pts vs {self.tag} @{_count(self.samples)}"
+        return f"{_signed(self.points)} pts vs {self.tag} @{count_label(self.samples)}"
 
 
 class Reference:
@@ -196,10 +196,3 @@ def _at(series: Series, x: float) -> float:
 
 def _signed(points: float) -> str:
     return f"{'+' if points >= 0 else '−'}{abs(points):.1f}"
-
-
-def _count(samples: float) -> str:
-    for div, suffix in ((1e6, "M"), (1e3, "k")):
-        if samples >= div:
-            return f"{samples / div:.3g}{suffix}"
-    return f"{samples:.0f}"

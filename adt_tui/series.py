@@ -21,6 +21,14 @@ from typing import Any
 CAPACITY = 2048  # points kept per curve: several times the widest chart's pixel columns
 
 
+def count_label(value: float) -> str:
+    """12, 1.5k, 120k, 3.2M: a count of samples, on an axis or in a line."""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= div:
+            return f"{value / div:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
 def num(value: Any) -> float | None:
     """A number from an event field; the schema writes NaN/inf as strings."""
     if isinstance(value, bool) or value is None:
