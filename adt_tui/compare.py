@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine.errors import ConfigError
 from engine.events import EventTail
@@ -46,6 +46,21 @@ class Standing:
 
     def short(self) -> str:
         return f"{_signed(self.points)} pts vs {self.tag} @{count_label(self.samples)}"
+
+
+class Baseline(Protocol):
+    """What a run is compared with: a `Reference` run or an `Expectation` (adt_tui/expectation.py)."""
+
+    name: str  # in the headless lines
+    tag: str  # the header's short name
+    timed: bool  # its wall times can be drawn against this run's
+    ended: bool  # it grows no more
+    curves: Curves
+
+    def describe(self) -> str: ...
+    def refresh(self) -> bool: ...
+    def differences(self, start: dict[str, Any] | None) -> list[str]: ...
+    def warning(self, start: dict[str, Any] | None) -> str | None: ...
 
 
 class Reference:
@@ -108,7 +123,7 @@ class Comparison:
     run_start came (None while there is none: every answer is then None)."""
 
     def __init__(self, reference: Reference | None = None, expectations: Path | None = None) -> None:
-        self.reference: Reference | Expectation | None = reference
+        self.reference: Baseline | None = reference
         self.expectations = expectations  # the table of expectations (None: adt's own)
         self.symptoms = Symptoms()  # this run's, folded from its events
         self._cause: str | None = None
@@ -157,7 +172,7 @@ class Comparison:
         return said
 
 
-def standing(curves: Curves, reference: Reference | Expectation) -> Standing | None:
+def standing(curves: Curves, reference: Baseline) -> Standing | None:
     """This run's validation accuracy against the reference's at the same samples seen: at this
     run's latest validation, or at the reference's latest if that is earlier (a reference that
     ended there, or is still on its way); each side read between its validations. None until

@@ -80,8 +80,8 @@ class Expectation:
     def refresh(self) -> bool:
         return False
 
-    def differences(self, _start: dict[str, Any] | None) -> list[str]:
+    def differences(self, start: dict[str, Any] | None) -> list[str]:
         return []  # matched on the data: comparable by construction
 
-    def warning(self, _start: dict[str, Any] | None) -> str | None:
+    def warning(self, start: dict[str, Any] | None) -> str | None:
         return None
