@@ -273,7 +273,8 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
         interrupted = True
         try:
             job.stop(announce=lambda: printer.line(f"stopping (grace period {config.grace_period:.0f}s; "
-                                                   "the PS writes a final checkpoint)..."))
+                                                   "the PS writes a final checkpoint; Ctrl+C again "
+                                                   "kills at once)..."))
         except KeyboardInterrupt:
             job.kill()
     finally:

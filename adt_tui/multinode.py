@@ -193,10 +193,10 @@ def _supervise(job: JobController, node: TorchrunNode, tail: EventTail | None, g
             time.sleep(0.3)
     except KeyboardInterrupt:
         interrupted = True
-        printer.line(f"stopping this node (grace period {grace:.0f}s"
-                     + ("; the PS writes a final checkpoint" if tail else "") + ")...")
+        said = (f"stopping this node (grace period {grace:.0f}s"
+                + ("; the PS writes a final checkpoint" if tail else "") + "; Ctrl+C again kills at once)...")
         try:
-            job.stop(grace)
+            job.stop(grace, announce=lambda: printer.line(said))
         except KeyboardInterrupt:
             job.kill()
     finally:

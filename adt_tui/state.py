@@ -290,6 +290,8 @@ class RunState:
 
     def _on_epoch_end(self, e: dict[str, Any], t: float) -> None:
         self.epochs_done = max(self.epochs_done, int(e.get("epoch", -1)) + 1)
+        if e.get("version") is not None:  # newer than the last ps_metrics: a stop now is here
+            self.server.version = max(self.server.version or 0, int(e["version"]))
 
     def _on_checkpoint(self, e: dict[str, Any], t: float) -> None:
         self.checkpoints.append(Checkpoint(t, e.get("tag", ""), e.get("path", ""), e.get("version"),

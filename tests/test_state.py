@@ -102,3 +102,13 @@ def test_epochs_read_the_same_for_server_workers_and_headless_at_the_end():
     # A finished 3-epoch run: the PS counted 3 epochs done, each worker was in epoch index 2.
     assert epoch_cell(3, 3) == epoch_cell(2, 3) == "3/3"
     assert epoch_cell(0, 3) == "1/3" and epoch_cell(None, 3) == "-" and epoch_cell(1, None) == "2"
+
+
+def test_an_epoch_end_moves_the_version_past_the_last_report():
+    """A stop right after an epoch ends is reported at the epoch's end, not at the report before."""
+    state = RunState()
+    state.apply(ev("ps_metrics", version=83, epoch=0))
+    state.apply(ev("epoch_end", epoch=0, version=96))
+    assert state.server.version == 96 and state.epochs_done == 1
+    state.apply(ev("ps_metrics", t=2.0, version=97, epoch=1))
+    assert state.server.version == 97
