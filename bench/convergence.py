@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from adt_tui.headless import run_headless
-from engine.config import RunConfig, rule_for
+from engine.config import RunConfig
 from engine.events import read_events
+from engine.rule_registry import rule_for
 
 from .throughput import ensure_data, machine, summarize
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from .errors import ConfigError
-from .rule_registry import RULE_NAMES, rule_for, rule_spec
+from .rule_registry import RULE_NAMES, auto_ranges, rule_spec
 from .sources import parse_model, resnet_family
 
 SMALL_INPUT_STEMS = ("auto", "on", "off")
@@ -98,9 +98,8 @@ class RunConfig:
     seed: int = _optim(0, "seed of the model's initialisation and the data order")
     workers: int = _async(AUTO, "worker processes; 0 trains in one process, no RPC; auto (-1): one per GPU "
                           "with 2+ GPUs, one process on one GPU, 2 on the CPU", at_least=AUTO)
-    update_rule: str = _async("auto", "how the PS applies pushes; auto: " + rule_for(2) + " up to 2 workers, "
-                              + rule_for(4) + " from 3 to 5, " + rule_for(8) + " from 6 (README: Learning "
-                              "as well as one process)",
+    update_rule: str = _async("auto", "how the PS applies pushes; auto: " + auto_ranges()
+                              + " (README: Learning as well as one process)",
                               choices=UPDATE_RULES)
     local_steps: int = _async(8, "local-sgd: worker steps between exchanges", at_least=1)
     outer_lr: float = _async(0.0, "local-sgd: the PS's step size on a worker's delta; 0: 1/workers, their mean",

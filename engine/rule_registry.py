@@ -53,6 +53,21 @@ def rule_for(workers: int, optimizer: str = "sgd") -> str:
     return "dana" if workers < 6 else "lookahead-gap-aware"
 
 
+def auto_ranges(most: int = 64) -> str:
+    """What `auto` picks, by worker count, in words ("lookahead up to 2 workers, dana from 3
+    to 5, ..."), read off `rule_for` so that the help text cannot drift from it."""
+    ranges: list[list] = []  # [rule, first count, last count]
+    for n in range(1, most + 1):
+        if ranges and ranges[-1][0] == rule_for(n):
+            ranges[-1][2] = n
+        else:
+            ranges.append([rule_for(n), n, n])
+    words = [f"{rule} up to {last} workers" if first == 1 else
+             f"{rule} from {first}" if last == most else f"{rule} from {first} to {last}"
+             for rule, first, last in ranges]
+    return ", ".join(words)
+
+
 def rule_spec(name: str, workers: int = 2, optimizer: str = "sgd") -> RuleSpec:
     """The spec of a configured rule name (`auto` resolved for this many workers)."""
     return _BY_NAME[rule_for(workers, optimizer) if name == "auto" else name]

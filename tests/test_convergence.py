@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from adt_tui.headless import run_headless
-from engine.config import rule_for
 from engine.events import read_events
+from engine.rule_registry import rule_for
 from engine.synth import write_synthetic
 
 from .conftest import tiny_config

@@ -244,9 +244,11 @@ def test_warmup_in_updates_and_the_other_shapes():
 
 
 def test_auto_picks_the_rule_measured_best_for_the_worker_count():
-    from engine.config import rule_for, update_rule_of
+    from engine.config import update_rule_of
+    from engine.rule_registry import auto_ranges, rule_for
 
     assert [rule_for(n) for n in range(1, 10)] == ["lookahead"] * 2 + ["dana"] * 3 + ["lookahead-gap-aware"] * 4
+    assert auto_ranges() == "lookahead up to 2 workers, dana from 3 to 5, lookahead-gap-aware from 6"  # --help's
     assert rule_for(4, "adamw") == "gap-aware"  # no momentum buffer to look ahead with
     assert update_rule_of(RunConfig(workers=4).validate()) == "dana"
     assert update_rule_of(RunConfig(workers=4, update_rule="sgd").validate()) == "sgd"
