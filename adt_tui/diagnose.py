@@ -108,8 +108,14 @@ class Symptoms:
         return Finding("staleness", f"pushes are {p95:g} updates stale at p95 (max {top:g}) with "
                        f"{self.workers} workers, where round-robin gives {expected}{overlap}; under "
                        f"{self.rule}, that acts like extra momentum of about {p95 / (1 + p95):.2f}",
-                       f"--update-rule {rule_for(self.workers)}" + (", without --overlap" if overlap else "")
-                       + ", or fewer workers")
+                       ", or ".join(filter(None, [
+                           ", ".join([*self._better_rule(), *(["without --overlap"] if overlap else [])]),
+                           "fewer workers"])))
+
+    def _better_rule(self) -> list[str]:
+        """The rule measured best for this many workers, unless the run has it already."""
+        best = rule_for(self.workers)
+        return [] if self.rule == best else [f"--update-rule {best}"]
 
     def _warmup(self) -> Finding | None:
         """A warmup still under way after the first epoch: longer than the default's one epoch,
@@ -129,7 +135,7 @@ class Symptoms:
         bound = self.config.get("max_staleness")
         return Finding("dropped", f"{dropped:.0f} of {dropped + version:.0f} pushes were dropped as staler "
                        f"than --max-staleness {bound}: their samples taught the model nothing",
-                       f"a larger --max-staleness (or 0, no bound) with --update-rule {rule_for(self.workers)}")
+                       " with ".join(["a larger --max-staleness (or 0, no bound)", *self._better_rule()]))
 
     def _slow_worker(self) -> Finding | None:
         """At the last two epochs' barriers the others waited most of each epoch for the same

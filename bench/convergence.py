@@ -76,6 +76,14 @@ def mean_curve(runs: list[dict[str, Any]]) -> list[tuple[float, float]]:
             for i in range(length)]
 
 
+def config_value(text: str) -> Any:
+    """A `--set` value: JSON where it parses (0.1, true, [1]), else the text itself (2ep, cosine)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def is_single(runs: list[dict[str, Any]]) -> bool:
     """The single process at the benchmark's batch (not a --sync row, one process too)."""
     return runs[0]["workers"] == 0 and runs[0]["name"].startswith("single")
@@ -211,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                                 runs_dir=str(work / "runs"), checkpoints_dir=str(work / "checkpoints"))
     for item in args.set:
         key, value = item.split("=", 1)
-        base[key] = json.loads(value) if value[:1] in "0123456789-.tf[{" else value
+        base[key] = config_value(value)
     rows = [r for path in args.merge.split(",") if path for r in json.loads(Path(path).read_text())["rows"]]
     out = Path(args.out or work / "convergence.json")
     for name, overrides in runs_to_do(args):

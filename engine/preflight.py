@@ -169,8 +169,8 @@ def _many_workers_warnings(config: RunConfig) -> list[str]:
     if config.workers < MANY_WORKERS:
         return []
     return [f"{config.workers} workers: each adds an update of staleness to every push. With 8, the default "
-            "rule ended 6.7 and 15.6 points below one process at equal epochs on the two GPU benchmarks "
-            "(4 workers: 2.1 and 2.8; docs/BENCHMARKS.md, Convergence). Fix: 4 workers or fewer, "
+            "rule ended 5.1 and 10.5 points below one process at equal epochs on the two GPU benchmarks "
+            "(4 workers: 1.1 and 1.6; docs/BENCHMARKS.md, Convergence). Fix: 4 workers or fewer, "
             "with --mps where they share a GPU, or more epochs."]
 
 
@@ -212,7 +212,7 @@ def preflight(config: RunConfig, local_workers: int | None = None) -> PreflightR
     report.warnings += _reader_warnings(spec.train, readers, config)
     if config.overlap and config.workers > 1 and not rule_spec(update_rule_of(config)).overlap_safe:
         report.warnings.append("--overlap adds one update of staleness per worker: with 4 workers it cost "
-                               "every rule measured on the GPU benchmark 17 to 28 points of final validation "
+                               "every rule measured on the GPU benchmark 16 to 28 points of final validation "
                                "accuracy (docs/BENCHMARKS.md, Convergence). Drop --overlap, or use "
                                "--update-rule lookahead-damped (83% instead of 38% on the CPU benchmark).")
     report.warnings += _shared_gpu_warnings(config) + _many_workers_warnings(config)

@@ -7,6 +7,7 @@ line here and one class there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -35,6 +36,8 @@ RULE_SPECS = (
              optimizers=("sgd",)),
     RuleSpec("dana", "a momentum per worker; workers compute where all of them will carry the model",
              optimizers=("sgd",)),
+    RuleSpec("dana-gap-aware", "dana, with gap-aware's penalty measured from the point each worker was sent",
+             optimizers=("sgd",)),
     RuleSpec("local-sgd", "workers take --local-steps steps and push the delta; the PS steps on it",
              worker_sends="delta"),
 )
@@ -44,24 +47,24 @@ _BY_NAME = {spec.name: spec for spec in RULE_SPECS}
 
 def rule_for(workers: int, optimizer: str = "sgd") -> str:
     """The update rule `auto` means for this many workers: the best measured at 2, 4 and 8 workers
-    on the GPU (docs/BENCHMARKS.md, Convergence); a count in between takes its nearest measured
-    count's rule (6: the larger). AdamW has no momentum buffer to look ahead with."""
+    on the GPU (docs/BENCHMARKS.md, Convergence). A function of the count, so that a rule measured
+    better at some counts only can take them. AdamW has no momentum buffer to look ahead with."""
     if optimizer != "sgd":
         return "gap-aware"
-    if workers <= 2:
-        return "lookahead"
-    return "dana" if workers < 6 else "lookahead-gap-aware"
+    return "dana-gap-aware"
 
 
-def auto_ranges(most: int = 64) -> str:
+def auto_ranges(pick: Callable[[int], str] = rule_for, most: int = 64) -> str:
     """What `auto` picks, by worker count, in words ("lookahead up to 2 workers, dana from 3
     to 5, ..."), read off `rule_for` so that the help text cannot drift from it."""
     ranges: list[list] = []  # [rule, first count, last count]
     for n in range(1, most + 1):
-        if ranges and ranges[-1][0] == rule_for(n):
+        if ranges and ranges[-1][0] == pick(n):
             ranges[-1][2] = n
         else:
-            ranges.append([rule_for(n), n, n])
+            ranges.append([pick(n), n, n])
+    if len(ranges) == 1:
+        return f"{ranges[0][0]} at every worker count"
     words = [f"{rule} up to {last} workers" if first == 1 else
              f"{rule} from {first}" if last == most else f"{rule} from {first} to {last}"
              for rule, first, last in ranges]

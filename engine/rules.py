@@ -20,6 +20,9 @@ owns its state (optimizer, statistics), which is checkpointed with it. One class
 - `delayed-nesterov`: every push applies its own gradient at once; the momentum takes the mean of
   each round of N pushes (N workers) once, so stale gradients never compound through it (after
   Liu et al. 2024, "Asynchronous Local-SGD Training for Language Modeling").
+- `dana`: one momentum buffer per worker; every worker is sent where all of them will carry the
+  model (DANA-Zero, Hakimi et al. 2019). `dana-gap-aware` adds gap-aware's penalty, measured from
+  the point the worker was sent: `auto`'s rule.
 - `local-sgd`: workers take `--local-steps` steps with their own optimizer and push the delta; the
   PS takes an outer step on it (asynchronous local SGD with an optional Nesterov outer momentum).
 """
@@ -438,6 +441,13 @@ class PerWorkerMomentum(UpdateRule):
         self.lr = state["lr"]
 
 
+class DanaGapAware(GapAwareStep, PerWorkerMomentum):
+    """`dana-gap-aware`: dana's per-worker momentum and outgoing point, on the penalised gradient
+    (the gap measured from the point the worker was sent; Barkai et al. 2020 pair the two)."""
+
+    name = "dana-gap-aware"
+
+
 class LocalSGD(UpdateRule):
     """`local-sgd`: the push is a worker's delta over `local_steps` steps; take an outer step on it.
 
@@ -464,7 +474,7 @@ class LocalSGD(UpdateRule):
 
 RULES = {rule.name: rule for rule in (UpdateRule, StalenessLR, AsyncMomentum, DelayCompensated, Lookahead,
                                       DampedLookahead, GapAware, LookaheadGapAware, DelayedNesterov,
-                                      PerWorkerMomentum, LocalSGD)}
+                                      PerWorkerMomentum, DanaGapAware, LocalSGD)}
 
 
 def make_rule(config: RunConfig | Settings, params: torch.Tensor, grads: torch.Tensor, model: torch.nn.Module,

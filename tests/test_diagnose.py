@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from adt_tui.compare import Standing
-from adt_tui.diagnose import BEHIND, Symptoms, explain
+from adt_tui.diagnose import BEHIND, WINDOW, Symptoms, explain
 from tests.jobs import HeadlessJob, wait_for
 
 QUICK = ("--loader-workers", "0", "--log-interval", "0.25", "--batch-size", "16")
@@ -94,3 +94,19 @@ def test_explain_speaks_only_when_the_run_trails_its_reference():
     assert why is not None and why.cause == "dropped"
     assert why.text.startswith("5.2 points behind ref at 480 samples; likely dropped: 10 of 40 pushes")
     assert "--max-staleness" in why.text
+    assert symptoms.findings()[0].fix.endswith("with --update-rule dana-gap-aware")  # auto's rule for 3
+
+
+def test_a_fix_does_not_suggest_the_rule_the_run_already_has():
+    fixes = {}
+    for rule, bound, p95 in (("dana-gap-aware", 1, 2), ("dana-gap-aware", 0, 9), ("sgd", 0, 9)):
+        symptoms = Symptoms()
+        symptoms.apply({"kind": "run_start", "workers": 3, "config": {"max_staleness": bound, "batch_size": 16},
+                        "schedule": {"warmup_updates": 0}, "update_rule": rule, "train_samples": 1200})
+        for _ in range(WINDOW):  # staleness is judged on a window of reports
+            symptoms.apply({"kind": "ps_metrics", "version": 30, "dropped": 10 * bound, "samples_seen": 480,
+                            "staleness": {"p50": 1, "p95": p95, "max": 12}, "lr": 0.05, "busy": 0.1})
+        fixes |= {(f.cause, rule): f.fix for f in symptoms.findings()}
+    assert fixes == {("dropped", "dana-gap-aware"): "a larger --max-staleness (or 0, no bound)",
+                     ("staleness", "dana-gap-aware"): "fewer workers",
+                     ("staleness", "sgd"): "--update-rule dana-gap-aware, or fewer workers"}

@@ -194,12 +194,12 @@ def test_adt_check_exits_2_on_a_num_classes_mismatch(data: Path) -> None:
 def test_the_preflight_warns_of_the_measured_cost_of_many_workers_only(data: Path) -> None:
     assert not any("staleness" in w for w in preflight(config(data, workers=4)).warnings)
     [warning] = [w for w in preflight(config(data, workers=8)).warnings if "staleness" in w]
-    assert "8 workers" in warning and "15.6 points" in warning and "Fix: 4 workers or fewer" in warning
+    assert "8 workers" in warning and "10.5 points" in warning and "Fix: 4 workers or fewer" in warning
 
 
 def test_the_preflight_settles_and_says_the_rule_and_the_augmentation(data: Path) -> None:
     cfg = config(data, workers=4)
     lines = "\n".join(preflight(cfg).lines())
-    assert cfg.update_rule == "dana" and cfg.augment in ("flip-crop", "crop")
-    assert "update rule: dana (the default for 4 workers" in lines
+    assert cfg.update_rule == "dana-gap-aware" and cfg.augment in ("flip-crop", "crop")
+    assert "update rule: dana-gap-aware (the default for 4 workers" in lines
     assert f"augment: {cfg.augment} (" in lines

@@ -170,6 +170,17 @@ def test_dana_steps_a_round_at_most_four_times_one_process():
     assert close(push(flat, rule, [0.0], worker=1, lr=0.1), [-0.05 - 0.05 * 0.5 * -0.05])
 
 
+def test_dana_gap_aware_penalises_the_gradient_then_steps_its_own_workers_momentum():
+    flat, rule = rule_on("dana-gap-aware", [0.0, 0.0], workers=2)
+    rule.sent(0, 0)
+    assert close(push(flat, rule, [1.0, 1.0], worker=0, lr=0.1), [-0.1, -0.1])  # v0 = [1, 1]
+    rule.sent(1, 1, torch.tensor([-0.5, -0.1]))  # the point worker 1 was sent
+    # gap to the parameters now, [-0.1, -0.1]: [0.4, 0] = [4, 1] typical steps -> g = [0.25, 1];
+    # worker 1's own momentum starts at that, worker 0's is not applied again
+    assert close(push(flat, rule, [1.0, 1.0], worker=1, staleness=1, base=1, lr=0.1), [-0.125, -0.2])
+    assert close(rule.outgoing().tolist(), [-0.125 - 0.1 * 0.9 * 1.25, -0.2 - 0.1 * 0.9 * 2.0])
+
+
 def test_local_sgd_takes_an_outer_step_on_the_delta():
     flat, rule = rule_on("local-sgd", [1.0, 2.0], outer_lr=0.5)
     assert close(push(flat, rule, [0.4, -0.2], lr=123.0), [0.8, 2.1])  # the scheduled LR is the workers'
@@ -247,9 +258,11 @@ def test_auto_picks_the_rule_measured_best_for_the_worker_count():
     from engine.config import update_rule_of
     from engine.rule_registry import auto_ranges, rule_for
 
-    assert [rule_for(n) for n in range(1, 10)] == ["lookahead"] * 2 + ["dana"] * 3 + ["lookahead-gap-aware"] * 4
-    assert auto_ranges() == "lookahead up to 2 workers, dana from 3 to 5, lookahead-gap-aware from 6"  # --help's
+    assert [rule_for(n) for n in (1, 2, 4, 8, 64)] == ["dana-gap-aware"] * 5
+    assert auto_ranges() == "dana-gap-aware at every worker count"  # --help's
+    by_count = lambda n: "lookahead" if n <= 2 else "dana" if n < 6 else "gap-aware"  # noqa: E731
+    assert auto_ranges(by_count) == "lookahead up to 2 workers, dana from 3 to 5, gap-aware from 6"
     assert rule_for(4, "adamw") == "gap-aware"  # no momentum buffer to look ahead with
-    assert update_rule_of(RunConfig(workers=4).validate()) == "dana"
+    assert update_rule_of(RunConfig(workers=8).validate()) == "dana-gap-aware"
     assert update_rule_of(RunConfig(workers=4, update_rule="sgd").validate()) == "sgd"
     assert RunConfig(workers=4, optimizer="adamw").validate().update_rule == "auto"  # accepted
