@@ -70,9 +70,9 @@ def main() -> int:
             pids = json.loads((run_dir / "pids.json").read_text())["children"]
             killed = time.time()
             os.kill(pids["worker1"], signal.SIGKILL)
-            restart = wait_for(lambda: len(events("worker_restart")) >= cycle and events("worker_restart")[-1],
+            restart = wait_for(lambda n=cycle: len(events("worker_restart")) >= n and events("worker_restart")[-1],
                                120, f"restart {cycle}")
-            back = wait_for(lambda: trains_since(restart["t"]), 120, f"worker 1 back in cycle {cycle}")
+            back = wait_for(lambda t=restart["t"]: trains_since(t), 120, f"worker 1 back in cycle {cycle}")
             ps = json.loads((run_dir / "pids.json").read_text())["children"]["ps"]
             row = {"cycle": cycle, "to_restart_s": round(restart["t"] - killed, 2),
                    "to_training_s": round(back["t"] - killed, 2)}

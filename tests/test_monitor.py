@@ -218,12 +218,12 @@ async def test_lost_worker_is_brought_back_automatically_then_by_key(
             victim = app.state.workers[1].pid
             os.kill(victim, signal.SIGKILL)
             if restart == 2:  # the one automatic restart is used: the worker stays lost until b
-                await wait_for(pilot, "the killed worker's row", lambda: app.state.workers[1].pid == victim
+                await wait_for(pilot, "the killed worker's row", lambda v=victim: app.state.workers[1].pid == v
                                and "killed (SIGKILL)" in str(app.table.get_cell("w1", "state")), 30)
                 assert app.state.starts == 1 + 1
                 await pilot.press("b")
-            await wait_for(pilot, f"worker 1 back {how}", lambda: app.state.starts == 1 + restart
-                           and app.state.workers[1].pid not in (None, victim)
+            await wait_for(pilot, f"worker 1 back {how}", lambda n=restart, v=victim: app.state.starts == 1 + n
+                           and app.state.workers[1].pid not in (None, v)
                            and app.state.workers[1].step > 0, 90)
             assert "the job restarted from a checkpoint to bring worker 1 back" in alert_text(app)
         assert app.state.resumed and app.job.restarts == {1: 2}

@@ -23,11 +23,11 @@ def test_validation_is_never_augmented_and_training_is(tiny_data):
     spec = resolve_data(str(tiny_data))
     asked, plain = samples(spec.val, False, "flip-crop"), samples(spec.val, False, "none")
     assert len(asked) == len(plain) == spec.val.num_samples
-    assert all(a[1] == b[1] and np.array_equal(a[0], b[0]) for a, b in zip(asked, plain))
+    assert all(a[1] == b[1] and np.array_equal(a[0], b[0]) for a, b in zip(asked, plain, strict=True))
     augmented, original = samples(spec.train, True, "flip-crop"), samples(spec.train, True, "none")
     assert [a[1] for a in augmented] == [b[1] for b in original]  # same samples, same labels
-    assert all(a[0].shape == b[0].shape and a[0].dtype == np.uint8 for a, b in zip(augmented, original))
-    changed = sum(not np.array_equal(a[0], b[0]) for a, b in zip(augmented, original))
+    assert all(a[0].shape == b[0].shape and a[0].dtype == np.uint8 for a, b in zip(augmented, original, strict=True))
+    changed = sum(not np.array_equal(a[0], b[0]) for a, b in zip(augmented, original, strict=True))
     assert changed > 0.8 * len(original), changed
 
 
