@@ -105,7 +105,7 @@ def test_a_fix_does_not_suggest_the_rule_the_run_already_has():
                         "schedule": {"warmup_updates": 0}, "update_rule": rule, "train_samples": 1200})
         for _ in range(WINDOW):  # staleness is judged on a window of reports
             symptoms.apply({"kind": "ps_metrics", "version": 30, "dropped": 10 * bound, "samples_seen": 480,
-                            "staleness": {"p50": 1, "p95": p95, "max": 12}, "lr": 0.05, "busy": 0.1})
+                            "staleness": {"p50": p95 // 2, "p95": p95, "max": 12}, "lr": 0.05, "busy": 0.1})
         fixes |= {(f.cause, rule): f.fix for f in symptoms.findings()}
     assert fixes == {("dropped", "dana-gap-aware"): "a larger --max-staleness (or 0, no bound)",
                      ("staleness", "dana-gap-aware"): "fewer workers",

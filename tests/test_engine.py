@@ -109,10 +109,10 @@ def test_resume_continues_version_epoch_and_optimizer(tiny_data, tmp_path):
     assert starts[1]["version"] == v1["version"] and starts[1]["epoch"] == 1
     v2 = load_checkpoint(Path(config.checkpoints_dir) / config.run_id / "last.pt")
     assert v2["epoch"] == 2 and v2["version"] > v1["version"]
-    # The update rule's state (momentum buffers, DC-ASGD's mean square) was carried over.
-    assert v1["rule"]["rule"] == v2["rule"]["rule"] == config.update_rule == "lookahead"
-    assert v2["rule"]["optimizer"]["state"] and v1["rule"]["optimizer"]["state"]
-    assert v2["rule"]["weight"] > v1["rule"]["weight"] > 0 and v1["rule"]["lr"] > 0
+    # The update rule's state (every worker's momentum, the gap's running step) was carried over.
+    assert v1["rule"]["rule"] == v2["rule"]["rule"] == config.update_rule == "dana-gap-aware"
+    assert sorted(v1["rule"]["buffers"]) == sorted(v2["rule"]["buffers"]) == [0, 1]  # each worker's momentum
+    assert v2["rule"]["gap_weight"] > v1["rule"]["gap_weight"] > 0 and v1["rule"]["lr"] > 0
     # The LR continues the schedule from the samples already seen: the resumed run's warmup (1
     # epoch) is behind it, so it starts at the peak and decays, rather than warming up again.
     # (`lr` is the LR of the last update, which had the samples of at most one batch per worker

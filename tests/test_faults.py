@@ -31,6 +31,8 @@ from adt_tui.supervisor import Supervisor
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.config import RunConfig
 from engine.models import build_model
+from engine.rules import make_rule
+from engine.server import FlatModel
 
 from .conftest import adt_command, child_env, tiny_config
 from .jobs import (
@@ -221,13 +223,16 @@ def test_failing_checkpoint_write_is_a_checkpoint_error_and_keeps_the_previous(t
 
 
 def checkpoint_size(tmp: Path) -> int:
-    """Bytes of a checkpoint of the tiny job's model with optimizer state, as the PS writes it."""
-    model = build_model("cnn", 4)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model(torch.zeros(2, 3, 16, 16)).sum().backward()
-    optimizer.step()
-    return save_checkpoint(tmp / "probe.pt", {"model": model.state_dict(), "optimizer":
-                                              optimizer.state_dict()}).stat().st_size
+    """Bytes of a checkpoint of the tiny job's model with its default rule's state (a momentum per
+    worker, for some rules), as the PS writes it."""
+    config = RunConfig(workers=2).validate()
+    flat = FlatModel(build_model("cnn", 4))
+    rule = make_rule(config, flat.params, flat.grads, flat.model, single=False)
+    for worker in range(config.workers):
+        rule.sent(worker, 0)
+        rule.apply(worker, 0, 0, 0.1)
+    return save_checkpoint(tmp / "probe.pt", {"model": flat.model.state_dict(),
+                                              "rule": rule.state_dict()}).stat().st_size
 
 
 @pytest.fixture
