@@ -6,7 +6,8 @@ the engine's processes or RPC might add, in seconds per configuration on a CPU.
     python -m bench.staleness_sim --workers 1,4,8 --rules lookahead,gap-aware,delayed-nesterov
 
 Same model, data, schedule, augmentation and BatchNorm recompute as `adt run`'s defaults; the
-round-robin order is what N equally fast workers give (staleness exactly N-1).
+round-robin order is what N equally fast workers give (staleness exactly N-1; 2N-1 with
+`--set overlap=true`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.config import RunConfig
+from engine.config import RunConfig, overlaps
 from engine.data import ShardStream, resolve_data
 from engine.evaluate import evaluate, recompute_batchnorm
 from engine.models import build_model
@@ -46,29 +47,37 @@ def train(data_dir: Path, workers: int, rule_name: str, epochs: int, batch: int,
     stream = ShardStream(data.train, 0, 1, 0, batch, train=True, seed=seed, augment=config.augment)
     loss_fn = nn.CrossEntropyLoss()
     version = 0
-    in_flight: collections.deque = collections.deque()  # (worker, version sent, parameters sent)
+    # (worker, version sent, parameters sent, the rule's step size then)
+    in_flight: collections.deque = collections.deque()
+    overlap = overlaps(config) and workers > 1 and rule_name != "local-sgd"
+    pushed: dict[int, torch.Tensor] = {}  # with overlap: each worker's push still in flight
 
     def send(k: int) -> None:
         out = rule.outgoing()
         rule.sent(k, version, out)
-        in_flight.append((k, version, out.clone()))
+        in_flight.append((k, version, out.clone(), rule.step_size(schedule(version))))
 
-    for k in range(max(1, workers)):
-        send(k)
+    # With --overlap every worker has two pushes in flight: it computes on the parameters of the
+    # reply before last, so its gradient lands 2N-1 updates after its parameters were sent.
+    for _ in range(2 if overlap else 1):
+        for k in range(max(1, workers)):
+            send(k)
     local = rule_name == "local-sgd" and workers > 1
     # local-sgd: each worker's own parameters and inner optimizer (`LocalSteps` in engine/worker.py)
-    own = [in_flight[k][2].clone() for k in range(len(in_flight))] if local else []
+    own = [in_flight[k][2].clone() for k in range(max(1, workers))] if local else []
     inner = [make_optimizer(config, worker.model.parameters(), worker.params.device) for _ in own]
     steps = 0
     accs = []
     for epoch in range(epochs):
         stream.set_epoch(epoch)
         for images, labels in stream:
-            k, base, sent = in_flight[0]
+            k, base, sent, step_size = in_flight[0]
             if local:  # worker k's next inner step, from its own parameters
                 worker.params.copy_(own[k])
             else:
                 worker.params.copy_(sent)
+                if k in pushed:  # as `Exchange.step` does: the push in flight's step, taken ahead
+                    worker.params.add_(pushed[k], alpha=-step_size)
             worker.buffers.copy_(ps.buffers)
             compute_gradient(worker.model, worker, loss_fn, images, labels)
             ps.buffers.copy_(worker.buffers)  # BatchNorm's running statistics; recomputed below
@@ -83,6 +92,8 @@ def train(data_dir: Path, workers: int, rule_name: str, epochs: int, batch: int,
                 ps.grads.copy_(sent - own[k])  # the delta since the global parameters it started from
             else:
                 ps.grads.copy_(worker.grads)
+                if overlap:
+                    pushed[k] = worker.grads.clone()
             in_flight.popleft()
             rule.apply(k, version - base, base, schedule(steps if local else version))
             version += 1

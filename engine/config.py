@@ -58,6 +58,12 @@ SECTIONS = ("data", "model", "optimization", "asynchrony", "devices", "health", 
 _data, _model, _optim, _async, _devices, _health, _network, _paths = map(_section, SECTIONS)
 
 
+def overlaps(config: RunConfig | Settings) -> bool:
+    """Whether each worker pushes step k while step k+1 computes (`--overlap`; the flat transport
+    only), so that its gradients land two rounds of pushes after it was sent the parameters."""
+    return config.overlap and config.transport == "flat"
+
+
 class Settings(SimpleNamespace):
     """Some sections of a run's config (RunConfig.section), read-only."""
 

@@ -15,6 +15,7 @@ class Reply:
     params: torch.Tensor | dict[str, torch.Tensor] | None
     stop: bool
     lr: float  # the scheduled LR now (workers with their own optimizer use it)
+    step_size: float = 0.0  # the PS rule's step per unit of gradient (`UpdateRule.step_size`)
 
 
 def worker_names(workers: list[int]) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig, Settings, update_rule_of
+from .config import RunConfig, Settings, overlaps, update_rule_of
 
 
 def make_optimizer(config: RunConfig, params: Any, device: torch.device) -> torch.optim.Optimizer:
@@ -64,6 +64,12 @@ class UpdateRule:
     def outgoing(self) -> torch.Tensor:
         """The parameters to send a worker (the global ones, unless the rule says otherwise)."""
         return self.params
+
+    def step_size(self, lr: float) -> float:
+        """How far the model moves per unit of the next gradient pushed, at this LR, before any
+        momentum; 0 where no single factor says it (AdamW). With `--overlap` a worker takes its
+        push in flight's step itself, so that it computes where the model will be."""
+        return lr if self.config.optimizer == "sgd" else 0.0
 
     def sent(self, worker: int, version: int, params: torch.Tensor | None = None) -> None:
         """`params` (what `outgoing` gave; None: the global parameters) at `version` were just sent
@@ -396,6 +402,10 @@ class PerWorkerMomentum(UpdateRule):
         # A round is one step on the sum of N gradients: N times the LR, which the linear scaling
         # rule allows only so far (on the GPU, N=8 at the full LR reached 62.8%, at half 73.3%).
         self.lr_scale = min(1.0, self.widest_round / max(1, config.workers))
+        # A gradient lands one round of pushes after its worker was sent the parameters; with
+        # --overlap two (it computes on the reply before last), so the momentum is carried twice.
+        rounds = 2 if overlaps(config) else 1
+        self.carry = sum(config.momentum ** r for r in range(1, rounds + 1))
         self.buffers: dict[int, torch.Tensor] = {}  # worker -> its momentum
         self.total = torch.zeros_like(params)  # the sum of the momentum of the workers in the job
         self.gone_workers: set[int] = set()
@@ -420,7 +430,10 @@ class PerWorkerMomentum(UpdateRule):
     def outgoing(self) -> torch.Tensor:
         if not self.lr:
             return self.params
-        return self.params - self.lr * self.config.momentum * self.total
+        return self.params - self.lr * self.carry * self.total
+
+    def step_size(self, lr: float) -> float:
+        return lr * self.lr_scale
 
     def gone(self, worker: int) -> None:
         """Its momentum will not be applied while it is away, so no worker is sent a point that

@@ -194,7 +194,7 @@ class ParameterServer:
             params = outgoing.to(where, dtype=dtype, copy=True)
             if params.is_cuda:  # RPC sends it from another thread: the copy must be done by then
                 torch.cuda.current_stream(params.device).synchronize()
-        return Reply(self.version, params, self._stopping(), self.lr)
+        return Reply(self.version, params, self._stopping(), self.lr, self.rule.step_size(self.lr))
 
     @property
     def progress(self) -> Progress:

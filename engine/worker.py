@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import RunConfig, update_rule_of
+from .config import RunConfig, overlaps, update_rule_of
 from .data import ShardStream, Split, make_loader, worker_shards
 from .fingerprint import startup_fingerprint
 from .flat import FlatModel
@@ -205,7 +205,8 @@ class Exchange:
         self.client, self.flat, self.config = client, flat, config
         self.version = version  # of the parameters now in flat.params
         self.pending: Any = None  # the push in flight (overlap only)
-        self.overlap = config.overlap and not client.shares_model and config.transport == "flat"
+        self.overlap = overlaps(config) and not client.shares_model
+        self.step_size = 0.0  # the PS's, from the last reply
         self.dtype = torch.bfloat16 if config.transfer_dtype == "bf16" else torch.float32
         self.on_gpu = flat.grads.is_cuda and config.ps_device.startswith("cuda")
 
@@ -234,6 +235,9 @@ class Exchange:
         future = client.push_async(base, grads, buffers, samples, metrics)
         if self.overlap:
             self.pending = future
+            # It lands before the next push does: take its step here, as the PS will, so that the
+            # next gradient is computed nearer where the model will be when it lands.
+            flat.params.add_(flat.grads, alpha=-self.step_size)
         else:
             stop = self.load(client.wait(future))
         return stop, time.perf_counter() - start, 0.0
@@ -248,7 +252,7 @@ class Exchange:
     def load(self, reply: Any) -> bool:
         """Compute on the parameters a reply brought; returns the PS's stop."""
         self.flat.params.copy_(reply.params, non_blocking=True)
-        self.version = reply.version
+        self.version, self.step_size = reply.version, reply.step_size
         return reply.stop
 
 

@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import socket
 
 import pytest
 import torch
 from torch import nn
 
 from engine.config import ConfigError, RunConfig
+from engine.data import resolve_data
+from engine.events import EventWriter
+from engine.models import build_model
 from engine.rules import RULES, make_rule
 from engine.schedule import LRSchedule
-from engine.server import FlatModel
+from engine.server import FlatModel, ParameterServer
+from engine.worker import Exchange
+
+from .conftest import tiny_config
 
 
 def rule_on(name: str, params: list[float], **overrides):
@@ -181,6 +189,22 @@ def test_dana_gap_aware_penalises_the_gradient_then_steps_its_own_workers_moment
     assert close(rule.outgoing().tolist(), [-0.125 - 0.1 * 0.9 * 1.25, -0.2 - 0.1 * 0.9 * 2.0])
 
 
+def test_dana_with_overlap_sends_where_two_rounds_of_momentum_carry_the_model():
+    # --overlap: a gradient lands two rounds after its worker was sent the parameters
+    flat, rule = rule_on("dana", [0.0], workers=2, overlap=True)
+    assert close(push(flat, rule, [1.0], worker=0, lr=0.1), [-0.1])  # v0 = 1
+    assert close(rule.outgoing().tolist(), [-0.1 - 0.1 * (0.9 + 0.81) * 1.0])
+    flat, rule = rule_on("dana", [0.0], workers=2, overlap=True, transport="plain")  # no overlap there
+    push(flat, rule, [1.0], worker=0, lr=0.1)
+    assert close(rule.outgoing().tolist(), [-0.1 - 0.1 * 0.9 * 1.0])
+
+
+def test_step_size_is_how_far_a_unit_gradient_moves_the_model():
+    assert rule_on("lookahead-gap-aware", [0.0], workers=8)[1].step_size(0.1) == 0.1
+    assert rule_on("dana-gap-aware", [0.0], workers=8)[1].step_size(0.1) == 0.05  # a round capped at 4x
+    assert rule_on("gap-aware", [0.0], optimizer="adamw")[1].step_size(0.1) == 0.0  # no single factor
+
+
 def test_local_sgd_takes_an_outer_step_on_the_delta():
     flat, rule = rule_on("local-sgd", [1.0, 2.0], outer_lr=0.5)
     assert close(push(flat, rule, [0.4, -0.2], lr=123.0), [0.8, 2.1])  # the scheduled LR is the workers'
@@ -227,6 +251,49 @@ def test_rule_state_survives_a_checkpoint(name):
     assert close(a_flat.params.tolist(), b_flat.params.tolist())
     assert close(a.outgoing().tolist(), b.outgoing().tolist())  # what the next worker is sent
     assert a.metrics() == b.metrics()
+
+
+# --- the worker's side of --overlap, against the real PS in this process ------------------------
+class PSInProcess:
+    """A worker's calls to a PS in this process, with replies as over RPC (parameters copied)."""
+
+    shares_model = False
+
+    def __init__(self, server: ParameterServer) -> None:
+        self.server = server
+
+    def push_async(self, base_version, grads, buffers, samples, metrics):
+        return self.server.push(0, base_version, grads, buffers, samples, metrics)
+
+    def wait(self, future):
+        return future.wait()
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_with_overlap_a_worker_steps_by_its_push_in_flight_as_the_ps_will(overlap, tiny_data, tmp_path):
+    """With --overlap the next gradient is computed before the reply to the push in flight comes:
+    the worker takes that push's step itself, so it computes where the PS's model will be."""
+    config = tiny_config(tiny_data, tmp_path, update_rule="sgd", momentum=0.0, weight_decay=0.0,
+                         lr_schedule="constant", warmup="0", overlap=overlap)
+    events = EventWriter(tmp_path / "events.jsonl", "r")
+    server = ParameterServer(config, resolve_data(config.data, "", ""), events, 1, torch.device("cpu"),
+                             tmp_path / "ck", {"code": {"fingerprint": "f"}})
+    try:
+        server.register(0, {"pid": os.getpid(), "host": socket.gethostname(), "code_fingerprint": "f"}).wait()
+        flat = FlatModel(build_model("cnn", 4))
+        exchange = Exchange(PSInProcess(server), flat, config, 0, config.lr)
+        exchange.load(server.refresh(0).wait())
+        for _ in range(3):
+            flat.grads.copy_(torch.randn_like(flat.grads))
+            exchange.step(16, None)
+            if overlap:
+                exchange.pending.wait()  # applied on the PS; its reply not loaded yet
+            ps_params = server.call(lambda: server.flat.params.clone())
+            assert torch.allclose(flat.params, ps_params, atol=1e-6)
+        assert exchange.step_size == config.lr  # the PS rule's, sent with each reply
+    finally:
+        server.close()
+        events.close()
 
 
 # --- the schedule ------------------------------------------------------------------------------
