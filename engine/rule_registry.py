@@ -17,7 +17,6 @@ class RuleSpec:
     summary: str  # one line for --help and the README's table
     worker_sends: str = "gradient"  # or "delta": the worker takes local steps and sends how far it moved
     optimizers: tuple[str, ...] = ("sgd", "adamw")  # the rules built on SGD's momentum buffer: sgd only
-    overlap_safe: bool = False  # keeps its accuracy with --overlap's extra update of staleness
 
 
 RULE_SPECS = (
@@ -28,7 +27,7 @@ RULE_SPECS = (
     RuleSpec("lookahead", "full momentum; workers compute where it will have carried the model",
              optimizers=("sgd",)),
     RuleSpec("lookahead-damped", "lookahead with the momentum damped for staleness beyond one",
-             optimizers=("sgd",), overlap_safe=True),
+             optimizers=("sgd",)),
     RuleSpec("gap-aware", "each stale gradient divided by how far its parameter moved since"),
     RuleSpec("lookahead-gap-aware", "lookahead, with gap-aware's penalty measured from the lookahead point",
              optimizers=("sgd",)),

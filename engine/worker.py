@@ -197,7 +197,8 @@ class Exchange:
 
     adt's transport: one flat buffer each way in one round trip, left on the GPU when the PS is
     on one too (TensorPipe device maps). With `overlap`, the push of step k is in flight while
-    step k+1 computes (on parameters one round older), so the round trip hides behind compute.
+    step k+1 computes (on parameters one round older, less step k's own step), so the round trip
+    hides behind compute.
     The plain transport, kept for benchmarks: one fp32 CPU tensor per parameter, push then pull.
     """
 

@@ -197,6 +197,13 @@ def test_the_preflight_warns_of_the_measured_cost_of_many_workers_only(data: Pat
     assert "8 workers" in warning and "10.5 points" in warning and "Fix: 4 workers or fewer" in warning
 
 
+def test_the_preflight_warns_of_what_overlap_costs_only_when_asked_for_with_workers(data: Path) -> None:
+    assert not any("--overlap" in w for w in preflight(config(data, workers=4)).warnings)
+    assert not any("--overlap" in w for w in preflight(config(data, workers=0, overlap=True)).warnings)
+    [warning] = [w for w in preflight(config(data, workers=4, overlap=True)).warnings if "--overlap" in w]
+    assert "2.2 and 3.8 points" in warning and "Fix: drop --overlap" in warning
+
+
 def test_the_preflight_settles_and_says_the_rule_and_the_augmentation(data: Path) -> None:
     cfg = config(data, workers=4)
     lines = "\n".join(preflight(cfg).lines())
