@@ -155,6 +155,17 @@ class JobController:
         if self.supervisor is not None:
             self.supervisor.kill()
 
+    def stop_after_ctrl_c(self, say: Callable[[str], None], what: str, grace: float,
+                          ps_here: bool = True) -> None:
+        """The terminal's Ctrl+C: stop gracefully, saying so once every process has its signal;
+        a second Ctrl+C kills at once."""
+        line = (f"stopping {what} (grace period {grace:.0f}s"
+                + ("; the PS writes a final checkpoint" if ps_here else "") + "; Ctrl+C again kills at once)...")
+        try:
+            self.stop(grace, announce=lambda: say(line))
+        except KeyboardInterrupt:
+            self.kill()
+
     def finish(self, run_ended: bool) -> None:
         """Once every child has exited: write down how each ended (and, if the PS could not,
         how the run did). Once per start."""

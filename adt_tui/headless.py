@@ -271,12 +271,7 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
             time.sleep(0.2)
     except KeyboardInterrupt:
         interrupted = True
-        try:
-            job.stop(announce=lambda: printer.line(f"stopping (grace period {config.grace_period:.0f}s; "
-                                                   "the PS writes a final checkpoint; Ctrl+C again "
-                                                   "kills at once)..."))
-        except KeyboardInterrupt:
-            job.kill()
+        job.stop_after_ctrl_c(printer.line, "the job", config.grace_period)
     finally:
         signal.signal(signal.SIGTERM, previous)
         stale.stop()

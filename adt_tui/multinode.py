@@ -193,12 +193,7 @@ def _supervise(job: JobController, node: TorchrunNode, tail: EventTail | None, g
             time.sleep(0.3)
     except KeyboardInterrupt:
         interrupted = True
-        said = (f"stopping this node (grace period {grace:.0f}s"
-                + ("; the PS writes a final checkpoint" if tail else "") + "; Ctrl+C again kills at once)...")
-        try:
-            job.stop(grace, announce=lambda: printer.line(said))
-        except KeyboardInterrupt:
-            job.kill()
+        job.stop_after_ctrl_c(printer.line, "this node", grace, ps_here=tail is not None)
     finally:
         signal.signal(signal.SIGTERM, previous)
     job.kill()  # torchrun's processes lead their own sessions: none may outlive it
