@@ -47,7 +47,14 @@ from .panels import (
     process_rows,
 )
 from .procstats import ProcStats, Usage
-from .screens import Choice, ChoiceScreen, DetailScreen, HelpScreen, confirm
+from .screens import (
+    ChoiceScreen,
+    DetailScreen,
+    HelpScreen,
+    quit_question,
+    restart_question,
+    stop_question,
+)
 from .stale import StaleCode, StartedSources
 from .state import RunState
 from .supervisor import Child, Supervisor
@@ -533,18 +540,15 @@ class AdtApp(App[int]):
         if self.busy or not self.job_running():
             self.notify("The job is not running.", severity="information")
             return
-        pids = ", ".join(str(p) for p in self._live_pids())
-        where = "" if self.owned else " (started by another adt; signals go to the pids in pids.json)"
-        message = (f"Stop run {self.supervisor.run_id}{where}? Processes {pids} get SIGTERM: the PS "  # type: ignore[union-attr]
-                   f"writes a final checkpoint; what is left after {self.supervisor.config.grace_period:g}s "  # type: ignore[union-attr]
-                   "is killed.")
+        sup = self.supervisor
+        assert sup is not None
 
         def answered(choice: str | None) -> None:
             self._stop_dialog = None
             if choice == "yes" and self.job_running():
                 self._stop_then(None)
 
-        self._stop_dialog = confirm("Stop the job?", message, "Stop")
+        self._stop_dialog = stop_question(sup.run_id, self._live_pids(), sup.config.grace_period, self.owned)
         self.push_screen(self._stop_dialog, answered)
 
     def action_restart(self) -> None:
@@ -554,21 +558,12 @@ class AdtApp(App[int]):
             return
         if self.busy:
             return
-        running = self.job_running()
-        message = ("The job is running. It will be stopped gracefully (final checkpoint) and "
-                   "started again with the current code." if running else
-                   "Start the job again with the current code.")
-        choices = [Choice("resume", "Resume from last checkpoint", "r", "primary"),
-                   Choice("fresh", "Fresh start", "f"), Choice("cancel", "Cancel", "escape")]
-        if not (running or self.state.checkpoints):
-            choices = choices[1:]
-            message += " There is no checkpoint to resume from."
 
         def answered(choice: str | None) -> None:
             if choice in ("resume", "fresh"):
                 self._stop_then(Restart(resume=choice == "resume"))
 
-        self.push_screen(ChoiceScreen("Restart the job?", message, choices), answered)
+        self.push_screen(restart_question(self.job_running(), bool(self.state.checkpoints)), answered)
 
     def action_bring_back(self) -> None:
         lost = self._lost_worker()
@@ -593,11 +588,6 @@ class AdtApp(App[int]):
         if not (self.owned and self.job_running()):
             self.exit(self.exit_code())
             return
-        run_dir = self.run_dir
-        message = (f"The job is still running. Stop it (graceful, final checkpoint), or leave it "
-                   f"running in the background and re-attach later with `adt watch {run_dir}`?")
-        choices = [Choice("stop", "Stop the job and quit", "s", "warning"),
-                   Choice("leave", "Leave it running", "l", "primary"), Choice("cancel", "Cancel", "escape")]
 
         def answered(choice: str | None) -> None:
             if choice == "stop":
@@ -606,7 +596,7 @@ class AdtApp(App[int]):
                 self.detached = True
                 self.exit(0)
 
-        self.push_screen(ChoiceScreen("Quit the monitor?", message, choices), answered)
+        self.push_screen(quit_question(self.run_dir), answered)
 
     def exit_code(self) -> int:
         """0 when the run finished or was stopped on request, else 1."""

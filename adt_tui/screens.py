@@ -59,6 +59,34 @@ def confirm(title: str, message: str, yes: str) -> ChoiceScreen:
     return ChoiceScreen(title, message, [Choice("yes", yes, "y", "warning"), Choice("no", "Cancel", "n")])
 
 
+# --- the monitor's three questions --------------------------------------------------------------
+def stop_question(run_id: str, pids: list[int], grace: float, owned: bool) -> ChoiceScreen:
+    where = "" if owned else " (started by another adt; signals go to the pids in pids.json)"
+    return confirm("Stop the job?", f"Stop run {run_id}{where}? Processes {', '.join(map(str, pids))} get "
+                   f"SIGTERM: the PS writes a final checkpoint; what is left after {grace:g}s is killed.", "Stop")
+
+
+def restart_question(running: bool, has_checkpoint: bool) -> ChoiceScreen:
+    """Answers resume, fresh or cancel; resume only where there is (or a stop writes) a checkpoint."""
+    message = ("The job is running. It will be stopped gracefully (final checkpoint) and "
+               "started again with the current code." if running else "Start the job again with the current code.")
+    choices = [Choice("resume", "Resume from last checkpoint", "r", "primary"),
+               Choice("fresh", "Fresh start", "f"), Choice("cancel", "Cancel", "escape")]
+    if not (running or has_checkpoint):
+        choices = choices[1:]
+        message += " There is no checkpoint to resume from."
+    return ChoiceScreen("Restart the job?", message, choices)
+
+
+def quit_question(run_dir: object) -> ChoiceScreen:
+    """Asked when the monitor quits while its job runs: answers stop, leave or cancel."""
+    message = (f"The job is still running. Stop it (graceful, final checkpoint), or leave it "
+               f"running in the background and re-attach later with `adt watch {run_dir}`?")
+    choices = [Choice("stop", "Stop the job and quit", "s", "warning"),
+               Choice("leave", "Leave it running", "l", "primary"), Choice("cancel", "Cancel", "escape")]
+    return ChoiceScreen("Quit the monitor?", message, choices)
+
+
 class HelpScreen(ModalScreen[None]):
     """Every key of the monitor, built from the same binding table the footer shows, and below
     them the run's effective settings (its resolved config; values not at their default in bold)."""
