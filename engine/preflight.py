@@ -213,7 +213,7 @@ def preflight(config: RunConfig, local_workers: int | None = None) -> PreflightR
         report.warnings.append("--overlap computes each step on parameters a round of pushes older: with 4 "
                                "workers the default rule ended 2.2 and 3.8 points below one process on the two "
                                "GPU benchmarks (1.1 and 1.6 without --overlap; other rules 16 to 28), with 8 "
-                               "workers 9 and 21 (docs/BENCHMARKS.md, Convergence). It pays only where the "
+                               "workers 9.4 and 24.4 (docs/BENCHMARKS.md, Convergence). It pays only where the "
                                "round trip holds the job back. Fix: drop --overlap unless images/s matter more "
                                "than those points.")
     report.warnings += _shared_gpu_warnings(config) + _many_workers_warnings(config)
