@@ -1,5 +1,6 @@
 """Update rules and the LR schedule on their own: each rule's step against one computed by hand,
-each rule's state through a checkpoint round trip, and the schedule's curve."""
+each rule's state through a checkpoint round trip, the worker's side of `--overlap` against a real
+PS in this process, and the schedule's curve."""
 
 from __future__ import annotations
 
