@@ -116,7 +116,8 @@ class RunConfig:
     transfer_dtype: str = _async("fp32", "parameter and gradient traffic", choices=TRANSFER_DTYPES)
     transport: str = _async("flat", "flat (one buffer per message) or plain (per-parameter; for comparison)",
                             choices=TRANSPORTS)
-    overlap: bool = _async(False, "push step k while step k+1 computes: hides the round trip, +1 staleness")
+    overlap: bool = _async(False, "push step k while step k+1 computes: hides the round trip; "
+                           "pushes land a round later (staleness about 2N-1)")
     device: str = _devices("auto", "the workers' device: auto (the GPUs when present, worker k on GPU k mod G), "
                            "cpu, cuda or cuda:N")
     ps_device: str = _devices("auto", "the parameter server's device: auto (a spare GPU, else worker 0's; "
