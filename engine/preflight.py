@@ -168,7 +168,7 @@ def _many_workers_warnings(config: RunConfig) -> list[str]:
     if config.workers < MANY_WORKERS:
         return []
     return [f"{config.workers} workers: each adds an update of staleness to every push. With 8, the default "
-            "rule ended 5.1 and 10.5 points below one process at equal epochs on the two GPU benchmarks "
+            "rule ended 3.5 and 8.9 points below one process at equal epochs on the two GPU benchmarks "
             "(4 workers: 1.1 and 1.6; docs/BENCHMARKS.md, Convergence). Fix: 4 workers or fewer, "
             "with --mps where they share a GPU, or more epochs."]
 
@@ -213,7 +213,7 @@ def preflight(config: RunConfig, local_workers: int | None = None) -> PreflightR
         report.warnings.append("--overlap computes each step on parameters a round of pushes older: with 4 "
                                "workers the default rule ended 2.2 and 3.8 points below one process on the two "
                                "GPU benchmarks (1.1 and 1.6 without --overlap; other rules 16 to 28), with 8 "
-                               "workers 9.4 and 24.4 (docs/BENCHMARKS.md, Convergence). It pays only where the "
+                               "workers 7.9 and 20.0 (docs/BENCHMARKS.md, Convergence). It pays only where the "
                                "round trip holds the job back. Fix: drop --overlap unless images/s matter more "
                                "than those points.")
     report.warnings += _shared_gpu_warnings(config) + _many_workers_warnings(config)

@@ -179,6 +179,13 @@ def test_dana_steps_a_round_at_most_four_times_one_process():
     assert close(push(flat, rule, [0.0], worker=1, lr=0.1), [-0.05 - 0.05 * 0.5 * -0.05])
 
 
+def test_dana_gap_aware_takes_the_full_lr_at_any_worker_count():
+    # its penalty, not a cap, shrinks a round that overshoots
+    for workers in (8, 16):
+        flat, rule = rule_on("dana-gap-aware", [0.0], workers=workers)
+        assert close(push(flat, rule, [1.0], lr=0.1), [-0.1])
+
+
 def test_dana_gap_aware_penalises_the_gradient_then_steps_its_own_workers_momentum():
     flat, rule = rule_on("dana-gap-aware", [0.0, 0.0], workers=2)
     rule.sent(0, 0)
@@ -202,8 +209,9 @@ def test_dana_with_overlap_sends_where_two_rounds_of_momentum_carry_the_model():
 
 def test_step_size_is_how_far_a_unit_gradient_moves_the_model():
     assert rule_on("lookahead-gap-aware", [0.0], workers=8)[1].step_size(0.1) == 0.1
-    # a round capped at 4x the LR; the push, then its share of its worker's next (Nesterov) step
-    assert math.isclose(rule_on("dana-gap-aware", [0.0], workers=8)[1].step_size(0.1), 0.05 * 1.9)
+    # the push, then its share of its worker's next (Nesterov) step; dana's round is capped at 4x
+    assert math.isclose(rule_on("dana-gap-aware", [0.0], workers=8)[1].step_size(0.1), 0.1 * 1.9)
+    assert math.isclose(rule_on("dana", [0.0], workers=8)[1].step_size(0.1), 0.05 * 1.9)
     assert rule_on("gap-aware", [0.0], optimizer="adamw")[1].step_size(0.1) == 0.0  # no single factor
 
 
