@@ -161,6 +161,10 @@ def _shared_gpu_warnings(config: RunConfig) -> list[str]:
 
 
 MANY_WORKERS = 6  # from here on the measured cost of staleness is more than a few points
+# Points below one process at equal epochs under the default rule, on the two GPU benchmarks (set
+# b, set a; 3 seeds, one H200 with --mps; docs/BENCHMARKS.md, Convergence), by (workers, --overlap).
+MEASURED_LOSS = {(4, False): "1.1 and 1.6", (8, False): "3.5 and 8.9",
+                 (4, True): "2.2 and 3.8", (8, True): "7.9 and 20.0"}
 
 
 def _many_workers_warnings(config: RunConfig) -> list[str]:
@@ -168,9 +172,20 @@ def _many_workers_warnings(config: RunConfig) -> list[str]:
     if config.workers < MANY_WORKERS:
         return []
     return [f"{config.workers} workers: each adds an update of staleness to every push. With 8, the default "
-            "rule ended 3.5 and 8.9 points below one process at equal epochs on the two GPU benchmarks "
-            "(4 workers: 1.1 and 1.6; docs/BENCHMARKS.md, Convergence). Fix: 4 workers or fewer, "
-            "with --mps where they share a GPU, or more epochs."]
+            f"rule ended {MEASURED_LOSS[8, False]} points below one process at equal epochs on the two GPU "
+            f"benchmarks (4 workers: {MEASURED_LOSS[4, False]}; docs/BENCHMARKS.md, Convergence). Fix: 4 "
+            "workers or fewer, with --mps where they share a GPU, or more epochs."]
+
+
+def _overlap_warnings(config: RunConfig) -> list[str]:
+    """--overlap's measured cost, said wherever it is asked for with workers."""
+    if not (config.overlap and config.workers > 1):
+        return []
+    return [f"--overlap computes each step on parameters a round of pushes older: with 4 workers the default "
+            f"rule ended {MEASURED_LOSS[4, True]} points below one process on the two GPU benchmarks "
+            f"({MEASURED_LOSS[4, False]} without --overlap; other rules 16 to 28), with 8 workers "
+            f"{MEASURED_LOSS[8, True]} (docs/BENCHMARKS.md, Convergence). It pays only where the round trip "
+            "holds the job back. Fix: drop --overlap unless images/s matter more than those points."]
 
 
 def preflight(config: RunConfig, local_workers: int | None = None) -> PreflightReport:
@@ -209,14 +224,7 @@ def preflight(config: RunConfig, local_workers: int | None = None) -> PreflightR
     config.augment, why = choose_augment(config.augment, spec.train.manifest)
     report.augment = f"augment: {config.augment} ({why})"
     report.warnings += _reader_warnings(spec.train, readers, config)
-    if config.overlap and config.workers > 1:
-        report.warnings.append("--overlap computes each step on parameters a round of pushes older: with 4 "
-                               "workers the default rule ended 2.2 and 3.8 points below one process on the two "
-                               "GPU benchmarks (1.1 and 1.6 without --overlap; other rules 16 to 28), with 8 "
-                               "workers 7.9 and 20.0 (docs/BENCHMARKS.md, Convergence). It pays only where the "
-                               "round trip holds the job back. Fix: drop --overlap unless images/s matter more "
-                               "than those points.")
-    report.warnings += _shared_gpu_warnings(config) + _many_workers_warnings(config)
+    report.warnings += _overlap_warnings(config) + _shared_gpu_warnings(config) + _many_workers_warnings(config)
     report.seconds = round(time.monotonic() - start, 3)
     report.model = check_model(config, len(classes), spec.image_size)
     report.placement = placement.describe()
