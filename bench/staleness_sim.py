@@ -7,14 +7,18 @@ the engine's processes or RPC might add, in seconds per configuration on a CPU.
 
 Same model, data, schedule, augmentation and BatchNorm recompute as `adt run`'s defaults; the
 round-robin order is what N equally fast workers give (staleness exactly N-1; 2N-1 with
-`--set overlap=true`).
+`--set overlap=true`); `--speeds` makes them uneven, as workers sharing CPU cores or a GPU
+without MPS are.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import heapq
+import itertools
 import json
+import random
 from pathlib import Path
 
 import torch
@@ -33,8 +37,9 @@ from .throughput import ensure_data
 
 
 def train(data_dir: Path, workers: int, rule_name: str, epochs: int, batch: int, seed: int,
-          model_name: str = "cnn", **settings: object) -> list[float]:
-    """Validation accuracy after each epoch."""
+          model_name: str = "cnn", speeds: list[float] | None = None, **settings: object) -> list[float]:
+    """Validation accuracy after each epoch. `speeds`: each worker's time per gradient (cycled over
+    the workers), drawn with +-25% jitter; None: all equal and exact, a strict round robin."""
     torch.manual_seed(seed)
     data = resolve_data(str(data_dir))
     config = RunConfig(model=model_name, batch_size=batch, epochs=epochs, update_rule=rule_name,
@@ -47,31 +52,39 @@ def train(data_dir: Path, workers: int, rule_name: str, epochs: int, batch: int,
     stream = ShardStream(data.train, 0, 1, 0, batch, train=True, seed=seed, augment=config.augment)
     loss_fn = nn.CrossEntropyLoss()
     version = 0
-    # (worker, version sent, parameters sent, the rule's step size then)
-    in_flight: collections.deque = collections.deque()
+    # (time it lands, order sent, (worker, version sent, parameters sent, the rule's step size then))
+    in_flight: list = []
+    busy_until: dict[int, float] = collections.defaultdict(float)  # each worker's last gradient's end
+    clock = random.Random(seed)
+    order = itertools.count()  # ties land in the order sent: equal workers take strict turns
+    latest: dict[int, torch.Tensor] = {}  # the parameters each worker was sent last
     overlap = overlaps(config) and workers > 1 and rule_name != "local-sgd"
     pushed: dict[int, torch.Tensor] = {}  # with overlap: each worker's push still in flight
 
-    def send(k: int) -> None:
+    def send(k: int, now: float) -> None:
         out = rule.outgoing()
         rule.sent(k, version, out)
-        in_flight.append((k, version, out.clone(), rule.step_size(schedule(version))))
+        took = speeds[k % len(speeds)] * clock.uniform(0.75, 1.25) if speeds else 1.0
+        busy_until[k] = max(now, busy_until[k]) + took  # a worker computes one gradient at a time
+        latest[k] = out.clone()
+        heapq.heappush(in_flight, (busy_until[k], next(order), (k, version, latest[k],
+                                                                rule.step_size(schedule(version)))))
 
     # With --overlap every worker has two pushes in flight: it computes on the parameters of the
     # reply before last, so its gradient lands 2N-1 updates after its parameters were sent.
     for _ in range(2 if overlap else 1):
         for k in range(max(1, workers)):
-            send(k)
+            send(k, 0.0)
     local = rule_name == "local-sgd" and workers > 1
     # local-sgd: each worker's own parameters and inner optimizer (`LocalSteps` in engine/worker.py)
-    own = [in_flight[k][2].clone() for k in range(max(1, workers))] if local else []
+    own = [latest[k].clone() for k in range(max(1, workers))] if local else []
     inner = [make_optimizer(config, worker.model.parameters(), worker.params.device) for _ in own]
     steps = 0
     accs = []
     for epoch in range(epochs):
         stream.set_epoch(epoch)
         for images, labels in stream:
-            k, base, sent, step_size = in_flight[0]
+            now, _, (k, base, sent, step_size) = in_flight[0]
             if local:  # worker k's next inner step, from its own parameters
                 worker.params.copy_(own[k])
             else:
@@ -94,12 +107,12 @@ def train(data_dir: Path, workers: int, rule_name: str, epochs: int, batch: int,
                 ps.grads.copy_(worker.grads)
                 if overlap:
                     pushed[k] = worker.grads.clone()
-            in_flight.popleft()
+            heapq.heappop(in_flight)
             rule.apply(k, version - base, base, schedule(steps if local else version))
             version += 1
-            send(k)
+            send(k, now)
             if local:
-                own[k].copy_(in_flight[-1][2])
+                own[k].copy_(latest[k])
         recompute_batchnorm(ps.model, stream.head(), config.bn_recompute, torch.device("cpu"))
         accs.append(evaluate(ps.model, data.val, torch.device("cpu"), 0)["acc"])
     return accs
@@ -113,18 +126,21 @@ def main() -> int:
     p.add_argument("--seeds", default="0", help="comma-separated")
     p.add_argument("--model", default="cnn")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--speeds", help="uneven workers: each one's time per gradient, comma-separated and "
+                   "cycled over the workers, e.g. 1,1,1,2 (drawn with +-25%% jitter; default: all equal)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                    help="a config field for every run, e.g. --set momentum=0.8")
     p.add_argument("--workdir", default="bench-out")
     p.add_argument("--out", help="append the results as JSON lines to this file")
     args = p.parse_args()
     settings = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    speeds = [float(x) for x in args.speeds.split(",")] if args.speeds else None
     data = ensure_data(Path(args.workdir).resolve() / "data", 10, 32, 6000, 1000, 8)
     for n in [int(w) for w in args.workers.split(",")]:
         for rule in args.rules.split(",") if n > 1 else ["sgd"]:
             for seed in [int(s) for s in args.seeds.split(",")]:
-                accs = train(data, n, rule, args.epochs, args.batch, seed, args.model, **settings)
-                row = {"workers": n, "rule": rule, "seed": seed, "settings": settings,
+                accs = train(data, n, rule, args.epochs, args.batch, seed, args.model, speeds, **settings)
+                row = {"workers": n, "rule": rule, "seed": seed, "settings": settings, "speeds": speeds,
                        "acc": [round(a, 4) for a in accs]}
                 print(json.dumps(row), flush=True)
                 if args.out:
