@@ -48,17 +48,23 @@ def final_acc_and_alerts(data: Path, tmp: Path, workers: int) -> tuple[float, li
     return final, [e["code"] for e in events if e["kind"] == "alert"]
 
 
-def test_two_async_workers_end_within_a_few_points_of_one_process(builtin_like, tmp_path):
-    single, single_alerts = final_acc_and_alerts(builtin_like, tmp_path / "single", 0)
+@pytest.fixture(scope="module")
+def one_process(builtin_like, tmp_path_factory) -> tuple[float, list[str]]:
+    """The baseline both tests compare with: seeded, so one run serves them both."""
+    return final_acc_and_alerts(builtin_like, tmp_path_factory.mktemp("single"), 0)
+
+
+def test_two_async_workers_end_within_a_few_points_of_one_process(builtin_like, one_process, tmp_path):
+    single, single_alerts = one_process
     two, two_alerts = final_acc_and_alerts(builtin_like, tmp_path / "async", 2)
     assert single > 0.6, single  # it learns (chance is 0.1)
     assert two >= single - MARGIN, (single, two)
     assert single_alerts == two_alerts == [], (single_alerts, two_alerts)
 
 
-def test_four_async_workers_end_within_a_margin_of_one_process(builtin_like, tmp_path):
+def test_four_async_workers_end_within_a_margin_of_one_process(builtin_like, one_process, tmp_path):
     """N=4 takes `auto`'s rule for four (dana-gap-aware). MARGIN_4: see the module's notes."""
-    single, _ = final_acc_and_alerts(builtin_like, tmp_path / "single", 0)
+    single, _ = one_process
     four, four_alerts = final_acc_and_alerts(builtin_like, tmp_path / "async", 4)
     assert four >= single - MARGIN_4, (single, four)
     assert four_alerts == [], four_alerts

@@ -21,8 +21,8 @@ SHAPES = {
     # after another when one starts late, and nothing is stale then).
     "dropped": ("--workers", "3", "--epochs", "3", "--max-staleness", "1"),
     "warmup": ("--workers", "2", "--epochs", "2", "--warmup", "20ep"),
-    "ps_busy": ("--workers", "2", "--epochs", "1", "--eval-every", "1", "--max-updates", "40"),
-    "slow_worker": ("--workers", "2", "--epochs", "3"),  # worker 1 runs a twentieth of the time
+    "ps_busy": ("--workers", "2", "--epochs", "1", "--eval-every", "1", "--max-updates", "16"),
+    "slow_worker": ("--workers", "2", "--epochs", "3"),  # worker 1 runs a tenth of the time
     "batchnorm": ("--workers", "2", "--epochs", "2", "--bn-recompute", "0"),  # with STUCK_BATCHNORM
 }
 # A model whose BatchNorm running statistics never move from a variance of 100: the workers train
@@ -41,13 +41,13 @@ def build(num_classes):
 
 
 def throttle(pid: int, done: threading.Event) -> None:
-    """Stop a process 19 twentieths of the time, as a GPU shared without MPS or a busy host would."""
+    """Stop a process 9 tenths of the time, as a GPU shared without MPS or a busy host would."""
     while not done.is_set():
         try:
             os.kill(pid, signal.SIGSTOP)
-            done.wait(0.95)
+            done.wait(0.9)
             os.kill(pid, signal.SIGCONT)
-            done.wait(0.05)
+            done.wait(0.1)
         except ProcessLookupError:
             return
 

@@ -92,7 +92,7 @@ def test_the_jobs_processes_get_the_daemon_and_it_is_gone_after_the_run(tiny_dat
 
 def test_a_killed_runner_leaves_no_daemon_once_the_job_ends(tiny_data, tmp_path, stand_in, leftover_guard):
     # Long enough to outlive its runner's kill on a fast machine (2 epochs once ended before it).
-    job = HeadlessJob(tmp_path, *job_flags(tiny_data, "20"))
+    job = HeadlessJob(tmp_path, *job_flags(tiny_data, "8"))
     job.wait_event("worker_metrics", 120)
     [(daemon, folder)] = daemons(stand_in)
     pids = list(job.pids().values())
