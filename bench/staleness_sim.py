@@ -118,6 +118,18 @@ def train(data_dir: Path, workers: int, rule_name: str, epochs: int, batch: int,
     return accs
 
 
+def speeds_arg(text: str) -> list[float]:
+    """`--speeds`: positive numbers, comma-separated; argparse turns the error into exit 2."""
+    try:
+        speeds = [float(x) for x in text.split(",")]
+    except ValueError:
+        speeds = []
+    if not speeds or not all(0 < x < float("inf") for x in speeds):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of times per gradient. Fix: positive "
+                                         "numbers, comma-separated, e.g. --speeds 1,1,1,2")
+    return speeds
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.staleness_sim", description=__doc__.splitlines()[0])
     p.add_argument("--workers", default="1,4", help="worker counts, comma-separated (staleness N-1)")
@@ -126,21 +138,21 @@ def main() -> int:
     p.add_argument("--seeds", default="0", help="comma-separated")
     p.add_argument("--model", default="cnn")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--speeds", help="uneven workers: each one's time per gradient, comma-separated and "
-                   "cycled over the workers, e.g. 1,1,1,2 (drawn with +-25%% jitter; default: all equal)")
+    p.add_argument("--speeds", type=speeds_arg,
+                   help="uneven workers: each one's time per gradient, comma-separated and cycled "
+                   "over the workers, e.g. 1,1,1,2 (drawn with +-25%% jitter; default: all equal)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                    help="a config field for every run, e.g. --set momentum=0.8")
     p.add_argument("--workdir", default="bench-out")
     p.add_argument("--out", help="append the results as JSON lines to this file")
     args = p.parse_args()
     settings = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-    speeds = [float(x) for x in args.speeds.split(",")] if args.speeds else None
     data = ensure_data(Path(args.workdir).resolve() / "data", 10, 32, 6000, 1000, 8)
     for n in [int(w) for w in args.workers.split(",")]:
         for rule in args.rules.split(",") if n > 1 else ["sgd"]:
             for seed in [int(s) for s in args.seeds.split(",")]:
-                accs = train(data, n, rule, args.epochs, args.batch, seed, args.model, speeds, **settings)
-                row = {"workers": n, "rule": rule, "seed": seed, "settings": settings, "speeds": speeds,
+                accs = train(data, n, rule, args.epochs, args.batch, seed, args.model, args.speeds, **settings)
+                row = {"workers": n, "rule": rule, "seed": seed, "settings": settings, "speeds": args.speeds,
                        "acc": [round(a, 4) for a in accs]}
                 print(json.dumps(row), flush=True)
                 if args.out:
